@@ -1,0 +1,1 @@
+"""Benchmarks behind `agentrt bench` (JSON + table + plot)."""

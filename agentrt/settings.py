@@ -1,0 +1,64 @@
+"""The one place that reads `AGENTRT_*` environment variables and derives user paths."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from agentrt.errors import ConfigError
+
+ENV_HOME = "AGENTRT_HOME"
+ENV_DB = "AGENTRT_DB"
+ENV_MODEL = "AGENTRT_MODEL"
+ENV_DEVICE = "AGENTRT_DEVICE"
+ENV_KERNELS = "AGENTRT_KERNELS"
+
+_DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Resolved user settings: where state lives and which model/device to use by default."""
+
+    home: Path
+    db_url: str
+    model: str | None
+    device: str
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        """Folder of checkpoint blobs (created on first write, never here)."""
+        return self.home / "checkpoints"
+
+
+def home_dir() -> Path:
+    """`$AGENTRT_HOME`, default `~/.agentrt` (not created here)."""
+    raw = os.environ.get(ENV_HOME)
+    return Path(raw).expanduser() if raw else Path.home() / ".agentrt"
+
+
+def load_settings(
+    *, home: str | None = None, db: str | None = None, model: str | None = None, device: str | None = None
+) -> Settings:
+    """Resolve settings with precedence: explicit argument (CLI flag) > environment > default."""
+    home_path = Path(home).expanduser() if home else home_dir()
+    db_url = db or os.environ.get(ENV_DB) or f"sqlite:///{home_path / 'agentrt.db'}"
+    model_name = model or os.environ.get(ENV_MODEL) or None
+    dev = (device or os.environ.get(ENV_DEVICE) or "auto").lower()
+    if dev not in _DEVICES and not dev.startswith("cuda:"):
+        raise ConfigError(
+            f"unknown device {dev!r} (from {'--device' if device else ENV_DEVICE})",
+            hint="use one of auto, cpu, cuda, cuda:N",
+        )
+    return Settings(home=home_path, db_url=db_url, model=model_name, device=dev)
+
+
+def redact_url(url: str) -> str:
+    """Hide the password of a database URL before it is shown or logged."""
+    if "://" not in url or "@" not in url:
+        return url
+    scheme, rest = url.split("://", 1)
+    creds, host = rest.rsplit("@", 1)
+    user = creds.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}" if ":" in creds else url

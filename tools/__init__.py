@@ -1,0 +1,1 @@
+"""Package of agentrt (see DESIGN.md)."""
