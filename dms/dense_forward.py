@@ -1,0 +1,125 @@
+"""Dense [B, T] forwards: training (soft mask, Gumbel decisions) and the hard reference."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from agentrt.dms.architecture import ArchSpec
+from agentrt.dms.config import DMSConfig
+from agentrt.dms.gating import hard_decisions, logistic_noise, soft_decisions
+from agentrt.dms.masks import expand_to_query_heads, training_bias, visibility_mask
+from agentrt.dms.projections import finish_layer, lm_logits, project_layer, rope_tables
+
+
+@dataclass
+class TrainOutput:
+    """Result of `DMSModel.forward_train`."""
+
+    logits: torch.Tensor  # [B, T, V]
+    decisions: torch.Tensor | None  # [L, B, T, H_kv] straight-through 0/1 (None in teacher mode)
+    eviction_fraction: torch.Tensor | None  # [L, H_kv] mean of `decisions` over valid tokens
+
+
+@dataclass
+class ReferenceOutput:
+    """Result of `DMSModel.forward_reference`."""
+
+    logits: torch.Tensor  # [B, T, V]
+    decisions: torch.Tensor | None  # [L, B, T, H_kv] bool δ (None when eviction is off)
+
+
+# A mask builder gets (decision logits [B, T, H_kv] or None, T, device) and returns an
+# SDPA attn_mask broadcastable to [B, H_q, T, T] (bool: True = attend; float: additive),
+# plus the layer's decisions to report.
+MaskFn = Callable[
+    [torch.Tensor | None, int, torch.device], tuple[torch.Tensor, torch.Tensor | None]
+]
+
+
+def default_positions(
+    attention_mask: torch.Tensor | None, bsz: int, seq: int, device
+) -> torch.Tensor:
+    """Absolute positions [B, T]: arange, or cumsum of the mask for left-padded batches."""
+    if attention_mask is None:
+        return torch.arange(seq, device=device).expand(bsz, seq)
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def dense_forward(
+    hf_model: nn.Module,
+    arch: ArchSpec,
+    dms: DMSConfig | None,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    mask_fn: MaskFn,
+) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """Run every layer densely with masks from mask_fn; returns logits [B, T, V] and decisions."""
+    bsz, seq = input_ids.shape
+    h = hf_model.model.embed_tokens(input_ids)
+    positions = default_positions(attention_mask, bsz, seq, input_ids.device)
+    cos, sin = rope_tables(hf_model, h, positions)
+    pad = None
+    if attention_mask is not None:
+        keep = attention_mask.bool()
+        eye = torch.eye(seq, dtype=torch.bool, device=h.device)
+        pad = keep[:, None, None, :] | eye  # [B, 1, T, T]: a padded query still sees itself
+    decisions: list[torch.Tensor | None] = []
+    for layer in hf_model.model.layers:
+        qkv = project_layer(layer, h, cos, sin, arch, dms)
+        mask, dec = mask_fn(qkv.logits, seq, h.device)
+        decisions.append(dec)
+        if pad is not None:
+            mask = mask & pad if mask.dtype == torch.bool else mask.masked_fill(~pad, float("-inf"))
+        q = qkv.q.transpose(1, 2)  # [B, H_q, T, d]
+        k = qkv.k.transpose(1, 2).repeat_interleave(arch.group_size, dim=1)
+        v = qkv.v.transpose(1, 2).repeat_interleave(arch.group_size, dim=1)
+        out = F.scaled_dot_product_attention(
+            q,
+            k,
+            v,
+            attn_mask=mask.to(q.dtype) if mask.dtype != torch.bool else mask,
+            scale=layer.self_attn.scaling,
+        )
+        h = finish_layer(layer, h, out.transpose(1, 2).reshape(bsz, seq, -1))
+    return lm_logits(hf_model, h), decisions
+
+
+def causal_mask(seq: int, device: torch.device) -> torch.Tensor:
+    """Plain causal bool mask [1, 1, T, T]."""
+    return torch.ones(seq, seq, dtype=torch.bool, device=device).tril()[None, None]
+
+
+def reference_mask_fn(arch: ArchSpec, dms: DMSConfig | None) -> MaskFn:
+    """Hard DMS masks (δ = 1[z > 0]) or causal when eviction is off."""
+
+    def build(logits: torch.Tensor | None, seq: int, device: torch.device):
+        if logits is None or dms is None or dms.disable_eviction:
+            return causal_mask(seq, device), None
+        dec = hard_decisions(logits)  # [B, T, H_kv]
+        mask = visibility_mask(dec, dms.window_size)
+        return expand_to_query_heads(mask, arch.group_size), dec
+
+    return build
+
+
+def train_mask_fn(
+    arch: ArchSpec, dms: DMSConfig | None, generator: torch.Generator | None, teacher: bool
+) -> MaskFn:
+    """Soft Gumbel-sigmoid masks for training, or causal for the teacher."""
+
+    def build(logits: torch.Tensor | None, seq: int, device: torch.device):
+        if teacher or logits is None or dms is None or dms.disable_eviction:
+            return causal_mask(seq, device), None
+        noise = None
+        if generator is not None:
+            noise = logistic_noise(tuple(logits.shape), generator, logits.device)
+        soft = soft_decisions(logits, noise, dms.tau, dms.alpha_per)
+        bias = training_bias(soft.u, dms.window_size)
+        return expand_to_query_heads(bias, arch.group_size), soft.hard
+
+    return build

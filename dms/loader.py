@@ -1,0 +1,163 @@
+"""`load_model`: any local folder or hub id of the Llama family → `DMSModel`, flavour checked."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agentrt.dms.adapters import ADAPTER_MARKER, attach_adapters, load_adapter_state
+from agentrt.dms.architecture import check_supported
+from agentrt.dms.config import DMSConfig
+from agentrt.dms.model import DMSModel
+from agentrt.errors import ModelLoadError
+
+log = logging.getLogger(__name__)
+
+
+def resolve_model_dir(name_or_path: str | Path) -> Path:
+    """A local folder as is; a hub id through the local HF cache (or a download when online)."""
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise ModelLoadError(f"{path} is a file, not a model folder")
+    try:
+        from huggingface_hub import snapshot_download
+
+        local = snapshot_download(
+            str(name_or_path),
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja", "*.tiktoken"],
+        )
+    except Exception as err:  # noqa: BLE001 - any hub failure means "cannot find the model"
+        raise ModelLoadError(
+            f"cannot find model {str(name_or_path)!r}: not a local folder and the hub lookup failed "
+            f"({type(err).__name__}: {err})",
+            hint="pass the path of a local Hugging Face model folder",
+        ) from err
+    return Path(local)
+
+
+def safetensor_keys(model_dir: Path) -> set[str]:
+    """Names of all tensors in the folder's safetensors files (header only, no data read)."""
+    from safetensors import safe_open
+
+    keys: set[str] = set()
+    for file in sorted(model_dir.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                keys.update(handle.keys())
+        except Exception as err:  # noqa: BLE001 - a broken header is a load error
+            raise ModelLoadError(f"cannot read weights file {file}: {err}") from err
+    return keys
+
+
+def read_adapter_tensors(model_dir: Path) -> dict[str, torch.Tensor]:
+    """All `dms_proj_alpha*` tensors of the folder's safetensors files."""
+    from safetensors import safe_open
+
+    out: dict[str, torch.Tensor] = {}
+    for file in sorted(model_dir.glob("*.safetensors")):
+        with safe_open(str(file), framework="pt") as handle:
+            for key in handle.keys():
+                if ADAPTER_MARKER in key:
+                    out[key] = handle.get_tensor(key)
+    return out
+
+
+def detect_dms(model_dir: Path) -> tuple[DMSConfig | None, bool]:
+    """(DMS config from config.json or None, whether adapter weights are present); refuses mismatches."""
+    cfg_file = model_dir / "config.json"
+    try:
+        raw = json.loads(cfg_file.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        raise ModelLoadError(f"cannot read {cfg_file}: {err}") from err
+    dms_keys = {k: v for k, v in raw.items() if k.startswith("dms_")}
+    file_dms = DMSConfig.from_dict(dms_keys, strict=False) if dms_keys else None
+    has_adapter_weights = any(ADAPTER_MARKER in k for k in safetensor_keys(model_dir))
+    if file_dms is not None and file_dms.separate_alpha and not has_adapter_weights:
+        raise ModelLoadError(
+            f"{model_dir}: config.json says dms_separate_alpha=true (adapter flavour) but the "
+            "weights have no dms_proj_alpha tensors",
+            hint="the checkpoint is incomplete; transformers would silently random-initialise them",
+        )
+    if has_adapter_weights and (file_dms is None or not file_dms.separate_alpha):
+        raise ModelLoadError(
+            f"{model_dir}: the weights contain dms_proj_alpha adapters but config.json "
+            f"{'has no dms_* keys' if file_dms is None else 'says dms_separate_alpha=false'}",
+            hint="set dms_separate_alpha: true in config.json for an adapter-flavour checkpoint",
+        )
+    return file_dms, has_adapter_weights
+
+
+def merge_dms(file_dms: DMSConfig | None, override: DMSConfig | None) -> DMSConfig | None:
+    """The config to serve with: the caller's override, checked against the checkpoint's flavour."""
+    if override is None:
+        return file_dms
+    if file_dms is not None and override.separate_alpha != file_dms.separate_alpha:
+        raise ModelLoadError(
+            f"the checkpoint is {file_dms.flavour}-flavour DMS but the given config asks for "
+            f"{override.flavour}",
+            hint="drop dms_separate_alpha from your override",
+        )
+    return override
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """fp32 on CPU, bf16 on CUDA."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def load_model(
+    name_or_path: str | Path,
+    *,
+    dms: DMSConfig | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | None = None,
+    tokenizer: bool = True,
+) -> DMSModel:
+    """Load a Llama/Mistral/Qwen2/Qwen3 checkpoint (plain or DMS, either flavour) as a DMSModel."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    model_dir = resolve_model_dir(name_or_path)
+    dev = torch.device(device)
+    try:
+        hf_config = AutoConfig.from_pretrained(model_dir)
+    except Exception as err:  # noqa: BLE001 - unreadable or unknown config
+        raise ModelLoadError(f"cannot read the model config in {model_dir}: {err}") from err
+    problems = check_supported(hf_config)
+    if problems:
+        raise ModelLoadError(
+            "; ".join(problems), hint="agentrt serves Llama, Mistral, Qwen2 and Qwen3"
+        )
+    file_dms, has_adapter_weights = detect_dms(model_dir)
+    served = merge_dms(file_dms, dms)
+    try:
+        hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype or default_dtype(dev))
+    except Exception as err:  # noqa: BLE001
+        raise ModelLoadError(f"cannot load weights from {model_dir}: {err}") from err
+    hf.to(dev).eval()
+    if served is not None and served.separate_alpha:
+        attach_adapters(hf)
+        if has_adapter_weights:
+            missing = load_adapter_state(hf, read_adapter_tensors(model_dir))
+            if missing:
+                raise ModelLoadError(f"{model_dir}: adapter tensors missing: {missing[:4]}…")
+        else:
+            log.info("retrofitting %s with zero-initialised DMS adapters", model_dir)
+    tok = _load_tokenizer(model_dir) if tokenizer else None
+    return DMSModel(hf, served, tokenizer=tok)
+
+
+def _load_tokenizer(model_dir: Path) -> Any:
+    if not any((model_dir / n).exists() for n in ("tokenizer.json", "tokenizer_config.json")):
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(model_dir)
+    except Exception as err:  # noqa: BLE001
+        raise ModelLoadError(f"cannot load the tokenizer in {model_dir}: {err}") from err

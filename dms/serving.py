@@ -1,0 +1,234 @@
+"""The serving forward: one ragged step over many sessions on the paged DMS cache.
+
+Per layer: project the new tokens of every session (packed), compute decisions, settle
+the decision owed to each session's last cached token, then attend and write:
+- prefill mode (any chunk lengths): `dms_prefill_attention` over (cached slots ∪ chunk)
+  with per-key expiry, then only survivors are written (holes reused, tail compacted);
+- decode mode (every session brings one token): write first — the token leaving the
+  window frees its slot and the new token takes it — then `paged_decode_attention` over
+  all held slots, which are exactly the visible ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from agentrt.dms.gating import hard_decisions
+from agentrt.dms.masks import key_flags
+from agentrt.dms.projections import finish_layer, lm_logits, project_layer, rope_tables
+from agentrt.dms.session_cache import LayerPlan, SessionCache
+from agentrt.errors import BudgetError
+from agentrt.kernels import (
+    copy_kv_slots,
+    dms_prefill_attention,
+    paged_decode_attention,
+    write_kv_slots,
+)
+
+KEEP = torch.iinfo(torch.int32).max
+
+
+class CachePolicy(Protocol):
+    """A training-free eviction baseline plugged into the serving step (see dms/policies/)."""
+
+    name: str
+    window: int  # w of the DMS rule the caches of this policy are built with
+
+    def decide(self, layer: int, positions: torch.Tensor, decisions: torch.Tensor) -> torch.Tensor:
+        """Decisions δ [N, H_kv] bool for new tokens at positions [N] (model's δ given)."""
+        ...
+
+    def after_layer(
+        self, layer: int, items: list[StepItem], q: torch.Tensor, scale: float, cu: list[int]
+    ) -> None:
+        """Called after the layer's attention and writes (q [N, H_q, d]); may evict slots."""
+        ...
+
+
+@dataclass
+class StepItem:
+    """One session's share of a step: new token ids (a prefill chunk or one decode token)."""
+
+    cache: SessionCache
+    token_ids: torch.Tensor  # [T] int64, T ≥ 1
+    all_logits: bool = False  # return logits for every new token instead of the last
+
+
+def check_budget(items: list[StepItem]) -> None:
+    """Refuse a step the pool cannot hold (upper bound: appends + copy-on-write), changing nothing."""
+    if not items:
+        return
+    pool = items[0].cache.pool
+    need = sum(it.cache.blocks_needed(int(it.token_ids.numel())) for it in items)
+    if need > pool.num_free:
+        raise BudgetError(
+            f"this step may need {need} more KV blocks ({need * pool.bytes_per_block} bytes) "
+            f"but only {pool.num_free} of {pool.num_blocks} are free",
+            hint="raise kv_budget, use a smaller prefill chunk, or free/swap other sessions",
+        )
+
+
+@torch.no_grad()
+def serve_step(
+    model,
+    items: list[StepItem],
+    *,
+    decode_kernel: bool | None = None,
+    policy: CachePolicy | None = None,
+) -> list[torch.Tensor]:
+    """Run one ragged step; returns per item logits [V] (last token) or [T, V] (all_logits).
+
+    All caches of one step must share a pool and a window. `policy` replaces the model's
+    decisions (rule-based baselines) and may evict after attention (score-based ones).
+    """
+    if not items:
+        return []
+    for it in items:
+        if it.token_ids.dim() != 1 or it.token_ids.numel() == 0:
+            raise ValueError(
+                f"token_ids must be a non-empty 1-D tensor, got {tuple(it.token_ids.shape)}"
+            )
+        if it.cache.closed:
+            raise ValueError("the session cache was freed")
+    window = items[0].cache.window
+    if any(it.cache.window != window or it.cache.pool is not items[0].cache.pool for it in items):
+        raise ValueError("all sessions of one step must share a pool and a window")
+    check_budget(items)
+    arch, dms, hf = model.arch, model.dms, model.hf
+    device = model.device
+    lengths = [int(it.token_ids.numel()) for it in items]
+    if decode_kernel is None:
+        decode_kernel = all(n == 1 for n in lengths)
+    elif decode_kernel and any(n != 1 for n in lengths):
+        raise ValueError("decode_kernel=True needs exactly one token per session")
+    starts = [it.cache.next_pos for it in items]
+    ids = torch.cat([it.token_ids.to(device) for it in items])[None]  # [1, N]
+    positions = torch.cat(
+        [torch.arange(s, s + n, device=device) for s, n in zip(starts, lengths, strict=True)]
+    )
+    cu = torch.tensor(
+        [0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device
+    )
+    h = hf.model.embed_tokens(ids)  # [1, N, hidden]
+    cos, sin = rope_tables(hf, h, positions[None])
+    for layer_idx, layer in enumerate(hf.model.layers):
+        qkv = project_layer(layer, h, cos, sin, arch, dms)
+        q, k, v = qkv.q[0], qkv.k[0], qkv.v[0]  # [N, H, d]
+        if model.evicting:
+            dec = hard_decisions(qkv.logits[0])  # [N, H_kv]
+        else:
+            dec = torch.zeros(q.shape[0], arch.num_kv_heads, dtype=torch.bool, device=device)
+        if policy is not None:
+            dec = policy.decide(layer_idx, positions, dec)
+        old_lens = [list(it.cache.lens[layer_idx]) for it in items]  # what the kernel may read
+        plans, new_expiry = _plan(items, layer_idx, dec, starts, lengths, window)
+        _apply_flags(items[0].cache.pool, plans)
+        if decode_kernel:
+            _apply_writes(items[0].cache.pool, plans, k, v, cu)
+            tables, lens = _tables(items, layer_idx, None)
+            attn = paged_decode_attention(
+                q, items[0].cache.pool.kv, tables, lens, layer.self_attn.scaling
+            )
+        else:
+            tables, lens = _tables(items, layer_idx, old_lens)
+            pool = items[0].cache.pool
+            attn = dms_prefill_attention(
+                q,
+                k,
+                v,
+                new_expiry,
+                positions.to(torch.int32),
+                cu,
+                pool.kv,
+                pool.slot_expiry,
+                tables,
+                lens,
+                layer.self_attn.scaling,
+            )
+            _apply_writes(pool, plans, k, v, cu)
+        for it, plan in zip(items, plans, strict=True):
+            it.cache.release_shrunk(layer_idx, plan)
+        if policy is not None:
+            policy.after_layer(layer_idx, items, q, layer.self_attn.scaling, cu.tolist())
+        h = finish_layer(layer, h, attn.reshape(1, attn.shape[0], -1))
+    for it, n in zip(items, lengths, strict=True):
+        it.cache.next_pos += n
+    logits = lm_logits(hf, h)[0]  # [N, V]
+    out = []
+    for it, s, e in zip(items, cu[:-1].tolist(), cu[1:].tolist(), strict=True):
+        out.append(logits[s:e] if it.all_logits else logits[e - 1])
+    return out
+
+
+def _plan(items, layer_idx, dec, starts, lengths, window):
+    """Host bookkeeping for every session of one layer; returns plans and new-key expiries [N, H_kv]."""
+    dec_cpu = dec.cpu()
+    plans: list[LayerPlan] = []
+    expiry_parts = []
+    offset = 0
+    for it, start, n in zip(items, starts, lengths, strict=True):
+        chunk = dec_cpu[offset : offset + n]  # [n, H_kv] δ of the new tokens
+        flags = key_flags(chunk[None])[0]  # e_j = δ_{j+1}; the last one is owed
+        plans.append(it.cache.plan_layer(layer_idx, start, flags, chunk[0]))
+        pos = torch.arange(start, start + n)[:, None]
+        expiry_parts.append(torch.where(flags, pos + window, torch.full_like(pos, KEEP)))
+        offset += n
+    new_expiry = torch.cat(expiry_parts).to(torch.int32).to(dec.device)
+    return plans, new_expiry
+
+
+def _tables(items, layer_idx, lens_override):
+    """Stack per-session block tables [S, H_kv, max_blocks] and lengths [S, H_kv] for a layer."""
+    width = max(1, max(len(b) for it in items for b in it.cache.blocks[layer_idx]))
+    device = items[0].cache.pool.kv.device
+    tables = torch.stack([it.cache.block_table(layer_idx, width) for it in items]).to(device)
+    if lens_override is None:
+        lens = torch.stack([it.cache.lens_tensor(layer_idx) for it in items])
+    else:
+        lens = torch.tensor(lens_override, dtype=torch.int32)
+    return tables, lens.to(device)
+
+
+def _apply_flags(pool, plans: list[LayerPlan]) -> None:
+    slots = [s for p in plans for s in p.flag_slots]
+    if not slots:
+        return
+    values = [v for p in plans for v in p.flag_values]
+    idx = torch.tensor(slots, dtype=torch.int64, device=pool.kv.device)
+    pool.expiry_flat[idx] = torch.tensor(values, dtype=torch.int32, device=pool.kv.device)
+
+
+def _apply_writes(pool, plans: list[LayerPlan], k, v, cu) -> None:
+    """Scatter survivors (k/v [N, H_kv, d]) into their slots, then compact (moves)."""
+    device = pool.kv.device
+    rows, heads, slots, expiry, pos = [], [], [], [], []
+    for p, base in zip(plans, cu[:-1].tolist(), strict=True):
+        rows.extend(base + t for t in p.write_tokens)
+        heads.extend(p.write_heads)
+        slots.extend(p.write_slots)
+        expiry.extend(p.write_expiry)
+        pos.extend(p.write_pos)
+    if slots:
+        r = torch.tensor(rows, device=device)
+        hd = torch.tensor(heads, device=device)
+        idx = torch.tensor(slots, dtype=torch.int64, device=device)
+        write_kv_slots(
+            pool.kv,
+            pool.slot_expiry,
+            idx,
+            k[r, hd].to(pool.kv.dtype),
+            v[r, hd].to(pool.kv.dtype),
+            torch.tensor(expiry, dtype=torch.int32, device=device),
+        )
+        pool.pos_flat[idx] = torch.tensor(pos, dtype=torch.int32, device=device)
+    src = [s for p in plans for s in p.move_src]
+    if src:
+        s_idx = torch.tensor(src, dtype=torch.int64, device=device)
+        d_idx = torch.tensor(
+            [d for p in plans for d in p.move_dst], dtype=torch.int64, device=device
+        )
+        copy_kv_slots(pool.kv, pool.slot_expiry, s_idx, d_idx)
+        pool.pos_flat[d_idx] = pool.pos_flat[s_idx]

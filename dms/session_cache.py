@@ -1,0 +1,259 @@
+"""Per-session DMS cache state: block tables, slot counts, the window ring, the next position.
+
+Invariants after every step, for each stream (layer l, KV head h) of a session that has
+seen n tokens (positions 0..n−1), with W = w + 1:
+- slots 0..lens[l][h]−1 are live and dense; they hold exactly the tokens that were
+  visible to the last query (position n−1): the newest min(n, W) tokens, plus every
+  older token whose flag is 0 ("kept"). So slots = kept + min(n, W).
+- `ring_slot[l, h, p % W]` is the slot of token p for p in [n − W, n) (−1 before).
+- `ring_flag[l, h, p % W]` is e_p = δ_{p+1}: known for p < n − 1; the last token's flag is
+  owed until the next token's decision arrives.
+- The pool's `slot_expiry` of a live slot is p + w for a flagged token, KEEP_FOREVER otherwise.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from agentrt.dms.kv_pool import KEEP_FOREVER, KVPool
+
+
+@dataclass
+class LayerPlan:
+    """Device work for one (session, layer) step, in flat pool slot indices."""
+
+    flag_slots: list[int] = field(default_factory=list)  # slots whose expiry becomes flag_values
+    flag_values: list[int] = field(default_factory=list)
+    write_slots: list[int] = field(default_factory=list)  # new survivor → slot
+    write_tokens: list[int] = field(default_factory=list)  # token index within the chunk
+    write_heads: list[int] = field(default_factory=list)  # KV head of the write
+    write_expiry: list[int] = field(default_factory=list)
+    write_pos: list[int] = field(default_factory=list)
+    move_src: list[int] = field(default_factory=list)  # compaction: slot → hole
+    move_dst: list[int] = field(default_factory=list)
+    shrink: list[tuple[int, int]] = field(
+        default_factory=list
+    )  # (head, blocks kept) after attention
+
+
+class SessionCache:
+    """One session's paged DMS cache: which pool blocks and slots each stream holds."""
+
+    def __init__(self, pool: KVPool, num_layers: int, num_kv_heads: int, window: int) -> None:
+        self.pool = pool
+        self.num_layers = num_layers
+        self.num_kv_heads = num_kv_heads
+        self.window = window
+        self.ring_len = window + 1
+        self.blocks: list[list[list[int]]] = [
+            [[] for _ in range(num_kv_heads)] for _ in range(num_layers)
+        ]
+        self.lens: list[list[int]] = [[0] * num_kv_heads for _ in range(num_layers)]
+        self.ring_slot = torch.full(
+            (num_layers, num_kv_heads, self.ring_len), -1, dtype=torch.int64
+        )
+        self.ring_flag = torch.zeros((num_layers, num_kv_heads, self.ring_len), dtype=torch.bool)
+        self.next_pos = 0
+        self.closed = False
+
+    # -- facts -------------------------------------------------------------------------
+    @property
+    def slots_held(self) -> int:
+        """Live slots over all streams."""
+        return sum(sum(row) for row in self.lens)
+
+    @property
+    def blocks_held(self) -> int:
+        """Pool blocks referenced by this session (shared blocks count for each owner)."""
+        return sum(len(b) for row in self.blocks for b in row)
+
+    def flat_slot(self, layer: int, head: int, slot: int) -> int:
+        """Flat pool index of stream slot `slot`."""
+        bs = self.pool.block_size
+        return self.blocks[layer][head][slot // bs] * bs + slot % bs
+
+    def block_table(self, layer: int, width: int | None = None) -> torch.Tensor:
+        """[H_kv, width] int32 block ids of this layer's streams (padded with 0)."""
+        width = width or max(1, max(len(b) for b in self.blocks[layer]))
+        table = torch.zeros(self.num_kv_heads, width, dtype=torch.int32)
+        for h, blocks in enumerate(self.blocks[layer]):
+            if blocks:
+                table[h, : len(blocks)] = torch.tensor(blocks, dtype=torch.int32)
+        return table
+
+    def lens_tensor(self, layer: int) -> torch.Tensor:
+        """[H_kv] int32 slots held per stream of one layer."""
+        return torch.tensor(self.lens[layer], dtype=torch.int32)
+
+    def blocks_needed(self, num_new: int) -> int:
+        """Upper bound of new pool blocks one step of num_new tokens may take (appends + CoW)."""
+        bs = self.pool.block_size
+        need = 0
+        for layer in range(self.num_layers):
+            for h in range(self.num_kv_heads):
+                n, blocks = self.lens[layer][h], self.blocks[layer][h]
+                grow = max(0, -(-(n + num_new) // bs) - len(blocks))
+                shared = sum(1 for b in blocks if self.pool.is_shared(b))
+                need += grow + shared
+        return need
+
+    def stats(self) -> dict:
+        """Tokens seen, slots/bytes held, compression ratio (tokens / slots, window included)."""
+        spec = self.pool.spec
+        streams = self.num_layers * self.num_kv_heads
+        slots = self.slots_held
+        per_stream = torch.tensor(self.lens, dtype=torch.float64)  # [L, H_kv]
+        tokens = self.next_pos
+        ratio = (tokens * streams / slots) if slots else 1.0
+        return {
+            "tokens": tokens,
+            "slots": slots,
+            "blocks": self.blocks_held,
+            "kv_bytes": self.blocks_held * spec.bytes_per_block,
+            "slot_bytes": slots * spec.bytes_per_slot,
+            "dense_bytes": tokens * streams * spec.bytes_per_slot,
+            "compression_ratio": ratio,
+            "slots_per_layer_head": self.lens and [list(row) for row in self.lens],
+            "compression_per_layer_head": (tokens / per_stream.clamp(min=1)).tolist(),
+            "compression_per_layer": (
+                tokens * self.num_kv_heads / per_stream.sum(1).clamp(min=1)
+            ).tolist(),
+        }
+
+    # -- one step of one layer -----------------------------------------------------------
+    def plan_layer(
+        self, layer: int, start: int, flags: torch.Tensor, first: torch.Tensor
+    ) -> LayerPlan:
+        """Plan the writes of a chunk at positions start.. for one layer (host bookkeeping).
+
+        flags [T, H_kv] bool: e for each new token (last row False: owed);
+        first [H_kv] bool: δ of the chunk's first token, the flag of token start−1.
+        """
+        plan = LayerPlan()
+        num_new = flags.shape[0]
+        w, ring = self.window, self.ring_len
+        last = start + num_new - 1  # the position of the last query of this step
+        flags_l = flags.tolist()
+        first_l = first.tolist()
+        for h in range(self.num_kv_heads):
+            ring_slot = self.ring_slot[layer, h]
+            ring_flag = self.ring_flag[layer, h]
+            # 1. the owed decision: token start−1 is marked by this chunk's first decision
+            if start > 0 and first_l[h]:
+                r = (start - 1) % ring
+                ring_flag[r] = True
+                slot = int(ring_slot[r])
+                plan.flag_slots.append(self._writable(layer, h, slot))
+                plan.flag_values.append(start - 1 + w)
+            # 2. cached window tokens whose expiry passes before the last query leave
+            holes = []
+            for p in range(max(0, start - ring), start):
+                r = p % ring
+                if ring_flag[r] and p + w < last:
+                    holes.append(int(ring_slot[r]))
+            holes.sort()
+            # 3. new tokens visible to the last query survive
+            survivors = [i for i in range(num_new) if not flags_l[i][h] or start + i + w >= last]
+            n = self.lens[layer][h]
+            targets = holes[: len(survivors)] + list(
+                range(n, n + max(0, len(survivors) - len(holes)))
+            )
+            new_len = n + max(0, len(survivors) - len(holes))
+            self._grow(layer, h, new_len)
+            for i, slot in zip(survivors, targets, strict=True):
+                pos = start + i
+                plan.write_slots.append(self._writable(layer, h, slot))
+                plan.write_tokens.append(i)
+                plan.write_heads.append(h)
+                plan.write_expiry.append(pos + w if flags_l[i][h] else KEEP_FOREVER)
+                plan.write_pos.append(pos)
+                if pos >= start + num_new - ring:
+                    ring_slot[pos % ring] = slot
+                    ring_flag[pos % ring] = bool(flags_l[i][h])
+            # 4. more holes than survivors: move tail slots down so slots stay dense
+            rest = holes[len(survivors) :]
+            if rest:
+                new_len = self._compact(layer, h, n, rest, plan)
+            self.lens[layer][h] = new_len
+        return plan
+
+    def _compact(self, layer: int, head: int, n: int, holes: list[int], plan: LayerPlan) -> int:
+        """Plan moves of live tail slots into `holes` (of n slots); returns the new length."""
+        new_len = n - len(holes)
+        hole_set = set(holes)
+        ring_slot = self.ring_slot[layer, head]
+        sources = [s for s in range(new_len, n) if s not in hole_set]
+        dests = [s for s in sorted(holes) if s < new_len]
+        for src, dst in zip(sources, dests, strict=True):
+            plan.move_src.append(self.flat_slot(layer, head, src))
+            plan.move_dst.append(self._writable(layer, head, dst))
+            hit = (ring_slot == src).nonzero()
+            if hit.numel():
+                ring_slot[int(hit[0, 0])] = dst
+        plan.shrink.append((head, -(-new_len // self.pool.block_size)))
+        return new_len
+
+    def plan_evict(self, layer: int, head: int, slots: list[int]) -> LayerPlan:
+        """Plan dropping arbitrary live slots of one stream (score-based baselines); apply the plan's
+        moves, then `release_shrunk`. Dropped window tokens lose their ring entry (slot −1)."""
+        plan = LayerPlan()
+        n = self.lens[layer][head]
+        bad = [s for s in slots if not 0 <= s < n]
+        assert not bad, f"evicting slots {bad} outside 0..{n - 1}"
+        ring_slot = self.ring_slot[layer, head]
+        for s in slots:
+            ring_slot[ring_slot == s] = -1
+        if slots:
+            self.lens[layer][head] = self._compact(layer, head, n, sorted(set(slots)), plan)
+        return plan
+
+    def _writable(self, layer: int, head: int, slot: int) -> int:
+        """Flat index of a slot about to be written, copying its block first if it is shared."""
+        bs = self.pool.block_size
+        blocks = self.blocks[layer][head]
+        b = blocks[slot // bs]
+        if self.pool.is_shared(b):
+            blocks[slot // bs] = self.pool.copy_on_write(b)
+        return blocks[slot // bs] * bs + slot % bs
+
+    def _grow(self, layer: int, head: int, slots: int) -> None:
+        blocks = self.blocks[layer][head]
+        need = -(-slots // self.pool.block_size) - len(blocks)
+        if need > 0:
+            blocks.extend(self.pool.allocate(need))
+
+    def release_shrunk(self, layer: int, plan: LayerPlan) -> None:
+        """After the layer's attention: return the blocks compaction emptied to the pool."""
+        for head, keep in plan.shrink:
+            blocks = self.blocks[layer][head]
+            extra = blocks[keep:]
+            del blocks[keep:]
+            self.pool.free(extra)
+
+    # -- lifetime ------------------------------------------------------------------------
+    def fork(self) -> SessionCache:
+        """A copy that shares every block copy-on-write."""
+        child = SessionCache(self.pool, self.num_layers, self.num_kv_heads, self.window)
+        for layer in range(self.num_layers):
+            for h in range(self.num_kv_heads):
+                blocks = list(self.blocks[layer][h])
+                self.pool.incref(blocks)
+                child.blocks[layer][h] = blocks
+        child.lens = [list(row) for row in self.lens]
+        child.ring_slot = self.ring_slot.clone()
+        child.ring_flag = self.ring_flag.clone()
+        child.next_pos = self.next_pos
+        return child
+
+    def free(self) -> None:
+        """Return every block to the pool (idempotent)."""
+        if self.closed:
+            return
+        for row in self.blocks:
+            for blocks in row:
+                self.pool.free(blocks)
+                blocks.clear()
+        self.lens = [[0] * self.num_kv_heads for _ in range(self.num_layers)]
+        self.closed = True
