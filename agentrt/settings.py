@@ -39,7 +39,11 @@ def home_dir() -> Path:
 
 
 def load_settings(
-    *, home: str | None = None, db: str | None = None, model: str | None = None, device: str | None = None
+    *,
+    home: str | None = None,
+    db: str | None = None,
+    model: str | None = None,
+    device: str | None = None,
 ) -> Settings:
     """Resolve settings with precedence: explicit argument (CLI flag) > environment > default."""
     home_path = Path(home).expanduser() if home else home_dir()

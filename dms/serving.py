@@ -96,6 +96,11 @@ def serve_step(
     window = items[0].cache.window
     if any(it.cache.window != window or it.cache.pool is not items[0].cache.pool for it in items):
         raise ValueError("all sessions of one step must share a pool and a window")
+    if policy is not None and policy.window != window:
+        raise ValueError(
+            f"policy {policy.name!r} needs caches built with window={policy.window}, got {window}; "
+            "use model.new_cache(pool, window=policy.window)"
+        )
     check_budget(items)
     arch, dms, hf = model.arch, model.dms, model.hf
     device = model.device

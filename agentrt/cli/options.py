@@ -1,0 +1,94 @@
+"""Shared CLI options: one decorator per setting, each mirrored by an `AGENTRT_*` variable.
+
+Precedence is flag > environment > default. `envvar=` documents the mirror in `--help`
+and lets click report the source; `resolve_settings(ctx)` hands only flag values to
+`agentrt.settings.load_settings`, which reads the environment, applies the defaults and
+validates, so every command resolves settings the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from click.core import ParameterSource
+
+from agentrt.settings import ENV_DB, ENV_DEVICE, ENV_HOME, ENV_MODEL, Settings, load_settings
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+home_option = click.option(
+    "--home",
+    envvar=ENV_HOME,
+    show_envvar=True,
+    metavar="DIR",
+    default=None,
+    help="Folder of agentrt state (database, checkpoints). Default: ~/.agentrt.",
+)
+db_option = click.option(
+    "--db",
+    envvar=ENV_DB,
+    show_envvar=True,
+    metavar="URL",
+    default=None,
+    help="SQLAlchemy URL of the metadata database. Default: sqlite:///HOME/agentrt.db.",
+)
+model_option = click.option(
+    "--model",
+    envvar=ENV_MODEL,
+    show_envvar=True,
+    metavar="PATH_OR_ID",
+    default=None,
+    help="Model folder or hub id to serve.",
+)
+device_option = click.option(
+    "--device",
+    envvar=ENV_DEVICE,
+    show_envvar=True,
+    metavar="DEVICE",
+    default=None,
+    help="auto, cpu, cuda or cuda:N. Default: auto.",
+)
+
+
+def settings_options(func: F) -> F:
+    """Add --home, --db, --model and --device to a command; read them with `resolve_settings`."""
+    for option in (device_option, model_option, db_option, home_option):
+        func = option(func)
+    return func
+
+
+def setting_source(ctx: click.Context, name: str) -> str:
+    """Where the value of shared option `name` came from: "flag", "env" or "default"."""
+    source = ctx.get_parameter_source(name)
+    if source is ParameterSource.COMMANDLINE:
+        return "flag"
+    if source is ParameterSource.ENVIRONMENT:
+        return "env"
+    return "default"
+
+
+def resolve_settings(ctx: click.Context) -> Settings:
+    """Resolve `Settings` from the shared options of `ctx` (raises ConfigError if invalid).
+
+    Only values given as flags are passed on; for the rest `load_settings` reads the
+    environment itself, so its messages name the variable a bad value came from.
+    """
+    given = {
+        name: ctx.params.get(name)
+        for name in ("home", "db", "model", "device")
+        if name in ctx.params and setting_source(ctx, name) == "flag"
+    }
+    return load_settings(**given)
+
+
+__all__ = [
+    "db_option",
+    "device_option",
+    "home_option",
+    "model_option",
+    "resolve_settings",
+    "setting_source",
+    "settings_options",
+]

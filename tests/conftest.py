@@ -1,0 +1,46 @@
+"""Suite-wide fixtures: an isolated agentrt home for every test, and the `gpu` auto-skip.
+
+Nothing else is global here: no default dtype or device, no seeding, no env writes at import.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from agentrt.settings import ENV_DB, ENV_DEVICE, ENV_HOME, ENV_MODEL
+
+
+@pytest.fixture(autouse=True)
+def agentrt_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point AGENTRT_HOME and AGENTRT_DB into tmp_path so no test touches the real home.
+
+    The home folder itself is not created, as on a fresh machine; AGENTRT_MODEL and
+    AGENTRT_DEVICE from the caller's shell are removed so they cannot leak into tests.
+    """
+    home = tmp_path / "agentrt-home"
+    monkeypatch.setenv(ENV_HOME, str(home))
+    monkeypatch.setenv(ENV_DB, f"sqlite:///{home / 'agentrt.db'}")
+    monkeypatch.delenv(ENV_MODEL, raising=False)
+    monkeypatch.delenv(ENV_DEVICE, raising=False)
+    return home
+
+
+def _cuda_available() -> bool:
+    """Whether torch imports and sees a CUDA device."""
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip tests marked `gpu` when no CUDA device is available."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items or _cuda_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device (torch.cuda.is_available() is False)")
+    for item in gpu_items:
+        item.add_marker(skip)

@@ -1,0 +1,36 @@
+"""Heavy or optional packages are imported where used, never by importing a package (DESIGN §1)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+CASES = [
+    ("agentrt", {"torch", "textual", "sqlalchemy", "rich"}),
+    ("agentrt.cli", {"torch", "transformers", "textual", "sqlalchemy", "rich"}),
+    ("agentrt.dms", {"textual", "sqlalchemy", "rich"}),
+    ("agentrt.kernels", {"textual", "sqlalchemy", "rich", "triton"}),
+    ("agentrt.tools", {"textual", "sqlalchemy", "rich"}),
+    ("agentrt.sessions", {"textual"}),
+]
+
+
+def loaded_packages(module: str, cwd: Path) -> set[str]:
+    """Top-level names in sys.modules after `import module` in a fresh interpreter."""
+    code = f"import json, sys; import {module}; print(json.dumps(sorted(sys.modules)))"
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr
+    return {name.split(".")[0] for name in json.loads(proc.stdout.splitlines()[-1])}
+
+
+@pytest.mark.parametrize(("module", "forbidden"), CASES, ids=[case[0] for case in CASES])
+def test_import_loads_no_heavy_packages(module: str, forbidden: set[str], tmp_path: Path) -> None:
+    loaded = loaded_packages(module, tmp_path)
+    assert module.split(".")[0] in loaded
+    assert not forbidden & loaded, f"`import {module}` loaded {sorted(forbidden & loaded)}"
