@@ -3,12 +3,34 @@
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from agentrt.errors import AgentRTError
+
+if TYPE_CHECKING:
+    from agentrt.engine import Engine
+    from agentrt.sampling import SamplingParams
+    from agentrt.session import Session
 
 try:
     __version__ = version("agentrt")
 except PackageNotFoundError:  # running from a source tree without install
     __version__ = "0.0.0+unknown"
 
-__all__ = ["AgentRTError", "__version__"]
+_LAZY = {
+    "Engine": "agentrt.engine",
+    "Session": "agentrt.session",
+    "SamplingParams": "agentrt.sampling",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the heavy public classes on first use, so `import agentrt` stays light."""
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'agentrt' has no attribute {name!r}")
+
+
+__all__ = ["AgentRTError", "Engine", "SamplingParams", "Session", "__version__"]

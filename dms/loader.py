@@ -9,7 +9,12 @@ from typing import Any
 
 import torch
 
-from agentrt.dms.adapters import ADAPTER_MARKER, attach_adapters, load_adapter_state
+from agentrt.dms.adapters import (
+    ADAPTER_MARKER,
+    adapter_state,
+    attach_adapters,
+    load_adapter_state,
+)
 from agentrt.dms.architecture import check_supported
 from agentrt.dms.config import DMSConfig
 from agentrt.dms.model import DMSModel
@@ -143,13 +148,39 @@ def load_model(
     if served is not None and served.separate_alpha:
         attach_adapters(hf)
         if has_adapter_weights:
-            missing = load_adapter_state(hf, read_adapter_tensors(model_dir))
+            tensors = read_adapter_tensors(model_dir)
+            check_adapter_tensors(hf, tensors, model_dir)
+            missing = load_adapter_state(hf, tensors)
             if missing:
                 raise ModelLoadError(f"{model_dir}: adapter tensors missing: {missing[:4]}…")
         else:
             log.info("retrofitting %s with zero-initialised DMS adapters", model_dir)
     tok = _load_tokenizer(model_dir) if tokenizer else None
     return DMSModel(hf, served, tokenizer=tok)
+
+
+def check_adapter_tensors(hf: Any, tensors: dict[str, torch.Tensor], model_dir: Path) -> None:
+    """Refuse adapter tensors the model has no slot for, or whose shape differs from its slot."""
+    own = adapter_state(hf)
+    unexpected = sorted(k for k in tensors if k not in own)
+    wrong = [
+        f"{k} {tuple(t.shape)} (expected {tuple(own[k].shape)})"
+        for k, t in sorted(tensors.items())
+        if k in own and t.shape != own[k].shape
+    ]
+    problems = []
+    if unexpected:
+        problems.append(f"unexpected: {', '.join(unexpected[:4])}")
+    if wrong:
+        problems.append(f"wrong shape: {', '.join(wrong[:4])}")
+    if problems:
+        raise ModelLoadError(
+            f"{model_dir}: the dms_proj_alpha adapter tensors do not fit the model ("
+            + "; ".join(problems)
+            + ")",
+            hint="expected per layer dms_proj_alpha.weight [num_key_value_heads, hidden_size] "
+            "(.bias only with attention_bias) and dms_proj_alpha_norm.weight [hidden_size]",
+        )
 
 
 def _load_tokenizer(model_dir: Path) -> Any:

@@ -1,0 +1,330 @@
+"""`Engine`: many resident sessions on one model, continuous batching, swap when memory is full.
+
+One engine step = schedule → run → postprocess. Any thread that waits for output from
+its request runs the next step under the engine lock, so concurrent callers share steps
+(continuous batching) without a background thread.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from agentrt.errors import BudgetError, SessionError
+from agentrt.memory import SwapManager
+from agentrt.sampling import SamplingParams, sample_token
+from agentrt.scheduler import Request, Scheduler, SchedulerConfig, StepPlan
+from agentrt.session import Session
+from agentrt.telemetry import Telemetry
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(device: str | torch.device | None) -> torch.device:
+    """ "auto" → cuda when available, else cpu."""
+    if device is None or str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+class Engine:
+    """Serves many long-lived sessions of one DMS model from a shared paged KV pool."""
+
+    def __init__(
+        self,
+        model: Any,
+        *,
+        kv_budget: str | int = "1GiB",
+        block_size: int = 16,
+        num_blocks: int | None = None,
+        scheduler: SchedulerConfig | None = None,
+        cpu_swap_budget: str | int = "4GiB",
+        swap_dir: str | Path | None = None,
+        policy: Any = None,
+    ) -> None:
+        from agentrt.dms.budget import parse_bytes
+
+        self.model = model
+        self.tokenizer = getattr(model, "tokenizer", None)
+        self.pool = model.make_pool(kv_budget, num_blocks=num_blocks, block_size=block_size)
+        self.policy = policy
+        self.window = policy.window if policy is not None else model.window
+        self.scheduler = Scheduler(scheduler)
+        self.swap = SwapManager(self, parse_bytes(cpu_swap_budget), swap_dir)
+        self.sessions: dict[str, Session] = {}
+        self.telemetry = Telemetry()
+        self._lock = threading.RLock()
+        self._reserved = 0
+        self._protected: set[str] = set()
+        self._names = 0
+        self.closed = False
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        model: str | Path,
+        *,
+        device: str | torch.device | None = "auto",
+        dtype: torch.dtype | None = None,
+        dms: Any = None,
+        **kwargs: Any,
+    ) -> Engine:
+        """Load a model folder or hub id (plain or DMS) and build an engine around it."""
+        from agentrt.dms import load_model
+
+        return cls(load_model(model, dms=dms, device=resolve_device(device), dtype=dtype), **kwargs)
+
+    # -- sessions ------------------------------------------------------------------------
+    def new_session(
+        self, name: str | None = None, *, seed: int | None = None, pinned: bool = False
+    ) -> Session:
+        """Create an empty session (names must be unique among open sessions)."""
+        with self._lock:
+            self._check_open()
+            if name is None:
+                self._names += 1
+                name = f"session-{self._names}"
+            if any(s.name == name for s in self.sessions.values()):
+                raise SessionError(f"a session named {name!r} is already open")
+            session = Session(self, name, seed=seed, pinned=pinned)
+            session.cache = self.model.new_cache(self.pool, window=self.window)
+            self.sessions[session.id] = session
+            return session
+
+    def get_session(self, name_or_id: str) -> Session:
+        """An open session by name or id."""
+        for s in self.sessions.values():
+            if name_or_id in (s.name, s.id):
+                return s
+        raise SessionError(
+            f"no open session {name_or_id!r}",
+            hint=f"open sessions: {', '.join(sorted(s.name for s in self.sessions.values())) or 'none'}",
+        )
+
+    def _fork(self, parent: Session, name: str | None) -> Session:
+        with self._lock:
+            self.swap.ensure_resident(parent)
+            child = self.new_session(name, seed=None, pinned=False)
+            child.cache.free()
+            child.cache = parent.cache.fork()
+            child.tokens = list(parent.tokens)
+            child.pending_token = parent.pending_token
+            child.last_logits = parent.last_logits
+            child.generator.set_state(parent.generator.get_state())
+            return child
+
+    def _close_session(self, session: Session) -> None:
+        with self._lock:
+            if session.closed:
+                return
+            if session.cache is not None:
+                session.cache.free()
+                session.cache = None
+            self.swap.discard(session)
+            session.closed = True
+            self.sessions.pop(session.id, None)
+
+    def close(self) -> None:
+        """Free every session and the swap files."""
+        with self._lock:
+            for s in list(self.sessions.values()):
+                self._close_session(s)
+            self.closed = True
+
+    def _check_open(self) -> None:
+        if self.closed:
+            raise SessionError("the engine is closed")
+
+    # -- requests ------------------------------------------------------------------------
+    def _prefill(self, session: Session, ids: list[int]) -> torch.Tensor:
+        feed = ([session.pending_token] if session.pending_token is not None else []) + ids
+        req = self._submit(session, feed, generate=False)
+        for _ in self._drain(req):
+            pass
+        return req.payload["logits"]
+
+    def _generate(self, session: Session, params: SamplingParams) -> Iterator[int]:
+        with self._lock:
+            if params.max_new_tokens == 0:
+                return
+            if session.pending_token is None and session.last_logits is None:
+                raise SessionError(f"session {session.name!r} is empty: prefill a prompt first")
+            stops = set(params.stop_token_ids)
+            if (
+                not params.ignore_eos
+                and self.tokenizer is not None
+                and self.tokenizer.eos_token_id is not None
+            ):
+                stops.add(int(self.tokenizer.eos_token_id))
+            req = Request(session, [], generate=True, max_new_tokens=params.max_new_tokens)
+            req.payload.update(params=params, stops=stops, out=collections.deque(), text="")
+            if session.pending_token is not None:
+                req.pending = [session.pending_token]
+                session.pending_token = None
+                req.decode_phase = True
+            else:
+                self._sample_into(req, session.last_logits)
+            if not req.finished:
+                self._enqueue(session, req)
+        yield from self._drain(req)
+
+    def _submit(self, session: Session, feed: list[int], *, generate: bool) -> Request:
+        with self._lock:
+            session.pending_token = None
+            req = Request(session, list(feed), generate=generate)
+            req.payload["out"] = collections.deque()
+            self._enqueue(session, req)
+            return req
+
+    def _enqueue(self, session: Session, req: Request) -> None:
+        self._check_open()
+        session.active = req
+        self.scheduler.add(req)
+
+    def _drain(self, req: Request) -> Iterator[int]:
+        out: collections.deque = req.payload["out"]
+        try:
+            while True:
+                while out:
+                    yield out.popleft()
+                if req.finished:
+                    break
+                with self._lock:
+                    if not out and not req.finished:
+                        self.step()
+            if req.error is not None:
+                raise req.error
+        finally:
+            if not req.finished:  # the caller stopped early
+                with self._lock:
+                    self._finish(req, "cancelled")
+
+    def _finish(self, req: Request, reason: str) -> None:
+        req.finished = True
+        req.finish_reason = reason
+        self.scheduler.remove(req)
+        session = req.session
+        if session.active is req:
+            session.active = None
+        if req.generate and req.pending:  # sampled but not fed: it leads the next call
+            session.pending_token = req.pending[-1]
+            req.pending.clear()
+
+    # -- the step --------------------------------------------------------------------------
+    def step(self) -> dict[str, Any]:
+        """Run one engine step over every session with work; returns its telemetry."""
+        with self._lock:
+            t0 = time.perf_counter()
+            self._reserved = 0
+            self._protected = set()
+            plan = self.scheduler.schedule(self._reserve)
+            if not plan.items:
+                self._fail_unfittable(plan)
+                return {}
+            from agentrt.dms.serving import StepItem
+
+            items = [
+                StepItem(it.request.session.cache, torch.tensor(it.tokens, dtype=torch.long))
+                for it in plan.items
+            ]
+            logits = self.model.step(items, policy=self.policy)
+            self.scheduler.postprocess(plan)
+            self._postprocess(plan, logits)
+            return self.telemetry.record_step(plan, time.perf_counter() - t0, self)
+
+    def _reserve(self, req: Request, n: int) -> bool:
+        """Make room for n more tokens of req's session, swapping idle sessions out if needed."""
+        session = req.session
+        self._protected.add(session.id)
+        if not self.swap.ensure_resident(
+            session, protected=self._protected, reserved=self._reserved
+        ):
+            return False
+        need = session.cache.blocks_needed(n)
+        while self.pool.num_free - self._reserved < need:
+            if not self.swap.evict_one(self._protected):
+                return False
+        self._reserved += need
+        return True
+
+    def _fail_unfittable(self, plan: StepPlan) -> None:
+        """Nothing could run: the first deferred request cannot fit even alone."""
+        if not plan.deferred:
+            return
+        req = plan.deferred[0]
+        session = req.session
+        n = 1 if req.decode_phase else min(len(req.pending), self.scheduler.config.prefill_chunk)
+        need = (
+            session.cache.blocks_needed(n)
+            if session.cache is not None
+            else self.swap.blocks_to_restore(session)
+        )
+        req.error = BudgetError(
+            f"session {session.name!r} needs {need} KV blocks ({need * self.pool.bytes_per_block} bytes) "
+            f"for its next {n} tokens but the pool has {self.pool.num_blocks} blocks in all "
+            f"({self.pool.num_free} free, the rest held by pinned or busy sessions)",
+            hint="raise kv_budget, lower the prefill chunk, unpin sessions or close some",
+        )
+        self._finish(req, "error")
+
+    def _postprocess(self, plan: StepPlan, logits: list[torch.Tensor]) -> None:
+        for item, out in zip(plan.items, logits, strict=True):
+            req, session = item.request, item.request.session
+            session.tokens.extend(item.tokens)
+            session.last_logits = out.float().cpu()
+            session.last_used = time.monotonic()
+            if not item.completes_feed:
+                continue
+            if not req.generate:
+                req.payload["logits"] = session.last_logits
+                self._finish(req, "done")
+            else:
+                self._sample_into(req, session.last_logits)
+
+    def _sample_into(self, req: Request, logits: torch.Tensor) -> None:
+        """Sample the next token of a generate request and decide whether to stop."""
+        session, params = req.session, req.payload["params"]
+        history = session.tokens + req.generated if params.repetition_penalty != 1.0 else []
+        token = sample_token(logits, params, session.generator, history)
+        req.generated.append(token)
+        req.payload["out"].append(token)
+        req.pending = [token]
+        req.decode_phase = True
+        if token in req.payload["stops"]:
+            self._finish(req, "stop")
+        elif len(req.generated) >= req.max_new_tokens:
+            self._finish(req, "length")
+        elif params.stop_strings and self.tokenizer is not None:
+            text = self.tokenizer.decode(req.generated, skip_special_tokens=True)
+            if any(s in text for s in params.stop_strings):
+                self._finish(req, "stop")
+
+    # -- reporting -------------------------------------------------------------------------
+    def _session_stats(self, session: Session) -> dict[str, Any]:
+        with self._lock:
+            base = {"name": session.name, "id": session.id, "pinned": session.pinned}
+            if session.cache is not None:
+                return {
+                    **base,
+                    "resident": "gpu" if self.pool.device.type == "cuda" else "pool",
+                    **session.cache.stats(),
+                }
+            return {**base, "resident": self.swap.where(session), **self.swap.stats_of(session)}
+
+    def stats(self) -> dict[str, Any]:
+        """Engine-wide numbers: pool occupancy, sessions, swaps, throughput."""
+        with self._lock:
+            return {
+                "pool": self.pool.stats(),
+                "sessions": len(self.sessions),
+                "resident": sum(1 for s in self.sessions.values() if s.cache is not None),
+                **self.swap.counters(),
+                **self.telemetry.summary(),
+            }

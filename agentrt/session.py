@@ -1,0 +1,143 @@
+"""`Session`: one conversation's handle — prefill, generate (sync and async), stats, fork."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from agentrt.errors import SessionError
+from agentrt.sampling import SamplingParams, new_generator
+
+if TYPE_CHECKING:
+    from agentrt.dms.session_cache import SessionCache
+    from agentrt.engine import Engine
+
+
+class Session:
+    """A long-lived conversation whose KV cache lives in the engine's pool (or swapped out).
+
+    Single-writer: a second concurrent prefill/generate on the same session raises SessionError.
+    """
+
+    def __init__(
+        self, engine: Engine, name: str, *, seed: int | None = None, pinned: bool = False
+    ) -> None:
+        self.engine = engine
+        self.id = uuid.uuid4().hex
+        self.name = name
+        self.cache: SessionCache | None = None  # None while swapped out
+        self.swapped: Any = None  # the swap manager's record while swapped out
+        self.tokens: list[int] = []  # token ids fed to the model so far
+        self.pending_token: int | None = None  # sampled last, not fed yet (fed with the next call)
+        self.last_logits: torch.Tensor | None = (
+            None  # [V] fp32 CPU, logits after the last fed token
+        )
+        self.seed = seed
+        self.generator = new_generator(seed)
+        self.pinned = pinned
+        self.last_used = time.monotonic()
+        self.closed = False
+        self.active: Any = None  # the running Request, if any
+        self._guard = threading.Lock()
+
+    def __repr__(self) -> str:
+        where = "resident" if self.cache is not None else "swapped"
+        return f"Session(name={self.name!r}, tokens={len(self.tokens)}, {where})"
+
+    # -- single writer -----------------------------------------------------------------
+    def _acquire(self) -> None:
+        if self.closed:
+            raise SessionError(f"session {self.name!r} is closed")
+        if not self._guard.acquire(blocking=False):
+            raise SessionError(
+                f"session {self.name!r} is already in use by another caller",
+                hint="a session is single-writer: wait for the other prefill/generate to finish, or fork it",
+            )
+
+    def _release(self) -> None:
+        self._guard.release()
+
+    # -- API -----------------------------------------------------------------------------
+    def prefill(self, token_ids: list[int] | torch.Tensor) -> torch.Tensor:
+        """Append tokens to the conversation; returns the logits [V] after the last one."""
+        ids = [
+            int(t)
+            for t in (token_ids.tolist() if isinstance(token_ids, torch.Tensor) else token_ids)
+        ]
+        if not ids:
+            raise SessionError("prefill needs at least one token")
+        self._acquire()
+        try:
+            return self.engine._prefill(self, ids)
+        finally:
+            self._release()
+
+    def generate(
+        self, max_new_tokens: int = 256, *, params: SamplingParams | None = None, **sampling: Any
+    ) -> Iterator[int]:
+        """Yield sampled token ids until a stop condition; stopping the iterator early is safe."""
+        params = params or SamplingParams(max_new_tokens=max_new_tokens, **sampling)
+        self._acquire()
+        try:
+            yield from self.engine._generate(self, params)
+        finally:
+            self._release()
+
+    def generate_text(
+        self, max_new_tokens: int = 256, *, params: SamplingParams | None = None, **sampling: Any
+    ) -> Iterator[str]:
+        """Like generate, but yields text deltas (never half a UTF-8 character)."""
+        from agentrt.detokenize import IncrementalDetokenizer
+
+        tok = self.engine.tokenizer
+        if tok is None:
+            raise SessionError("this model has no tokenizer; use generate() for token ids")
+        detok = IncrementalDetokenizer(tok)
+        for token in self.generate(max_new_tokens, params=params, **sampling):
+            delta = detok.push(token)
+            if delta:
+                yield delta
+        rest = detok.flush()
+        if rest:
+            yield rest
+
+    async def agenerate(
+        self, max_new_tokens: int = 256, *, params: SamplingParams | None = None, **sampling: Any
+    ) -> AsyncIterator[int]:
+        """Async variant of generate: each engine step runs in a worker thread."""
+        it = self.generate(max_new_tokens, params=params, **sampling)
+        sentinel = object()
+        try:
+            while True:
+                token = await asyncio.to_thread(next, it, sentinel)
+                if token is sentinel:
+                    break
+                yield token
+        finally:
+            await asyncio.to_thread(it.close)
+
+    def stats(self) -> dict[str, Any]:
+        """Tokens, slots, KV bytes, compression ratio (overall, per layer, per head), residency."""
+        return self.engine._session_stats(self)
+
+    def pin(self) -> None:
+        """Never swap this session out."""
+        self.pinned = True
+
+    def unpin(self) -> None:
+        """Allow swapping this session out when the pool is full."""
+        self.pinned = False
+
+    def fork(self, name: str | None = None) -> Session:
+        """A new session that continues from this one's state (copy-on-write blocks)."""
+        return self.engine._fork(self, name)
+
+    def close(self) -> None:
+        """Free this session's KV memory; the handle becomes unusable."""
+        self.engine._close_session(self)
