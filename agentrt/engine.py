@@ -19,6 +19,7 @@ import torch
 
 from agentrt.errors import BudgetError, SessionError
 from agentrt.memory import SwapManager
+from agentrt.persistence import AutosavePolicy, Persistence
 from agentrt.sampling import SamplingParams, sample_token
 from agentrt.scheduler import Request, Scheduler, SchedulerConfig, StepPlan
 from agentrt.session import Session
@@ -48,6 +49,9 @@ class Engine:
         cpu_swap_budget: str | int = "4GiB",
         swap_dir: str | Path | None = None,
         policy: Any = None,
+        home: str | Path | None = None,
+        db: str | None = None,
+        autosave: AutosavePolicy | None = None,
     ) -> None:
         from agentrt.dms.budget import parse_bytes
 
@@ -65,6 +69,13 @@ class Engine:
         self._protected: set[str] = set()
         self._names = 0
         self.closed = False
+        if home is None or db is None:
+            from agentrt.settings import load_settings
+
+            settings = load_settings(home=str(home) if home else None, db=db)
+            home, db = settings.home, settings.db_url
+        self.persistence = Persistence(self, Path(home), db)
+        self.autosave = autosave
 
     @classmethod
     def from_pretrained(
@@ -108,6 +119,54 @@ class Engine:
             hint=f"open sessions: {', '.join(sorted(s.name for s in self.sessions.values())) or 'none'}",
         )
 
+    def open_session(self, name_or_id: str) -> Session:
+        """An open session, or a saved one restored from its newest checkpoint (verified)."""
+        with self._lock:
+            self._check_open()
+            for s in self.sessions.values():
+                if name_or_id in (s.name, s.id, s.db_id):
+                    return s
+            info, loaded = self.persistence.load(name_or_id)
+            try:
+                need = sum(
+                    -(-int(n) // self.pool.block_size)
+                    for k, t in loaded.state.items()
+                    if k.endswith(".lens")
+                    for n in t.tolist()
+                )
+                while self.pool.num_free < need and self.swap.evict_one(set()):
+                    pass
+                from agentrt.sessions import restore_cache
+
+                cache = restore_cache(loaded.state, self.pool, window=self.window)
+            except BaseException:
+                self.persistence.unlock(info.id)
+                raise
+            seed = loaded.metadata.get("seed")
+            session = Session(
+                self, info.name, seed=int(seed) if seed not in (None, "None") else None
+            )
+            session.db_id = info.id
+            session.cache = cache
+            session.tokens = list(loaded.token_ids)
+            if "rng_state" in loaded.extra:
+                session.generator.set_state(loaded.extra["rng_state"])
+            if "last_logits" in loaded.extra:
+                session.last_logits = loaded.extra["last_logits"].float()
+            if "pending_token" in loaded.extra:
+                session.pending_token = int(loaded.extra["pending_token"][0])
+            session.saved_tokens = len(session.tokens)
+            self.sessions[session.id] = session
+            return session
+
+    def save(self, session: Session) -> Any:
+        """Checkpoint a session (crash-safe file, then the catalog row); returns the row info."""
+        with self._lock:
+            if session.active is not None:
+                raise SessionError(f"session {session.name!r} is busy; save it between calls")
+            self.swap.ensure_resident(session)
+            return self.persistence.save(session)
+
     def _fork(self, parent: Session, name: str | None) -> Session:
         with self._lock:
             self.swap.ensure_resident(parent)
@@ -128,15 +187,56 @@ class Engine:
                 session.cache.free()
                 session.cache = None
             self.swap.discard(session)
+            if session.db_id is not None:
+                self.persistence.unlock(session.db_id)
             session.closed = True
             self.sessions.pop(session.id, None)
 
     def close(self) -> None:
-        """Free every session and the swap files."""
+        """Save dirty sessions (if autosave.on_exit), then free every session and the swap files."""
         with self._lock:
+            if self.closed:
+                return
+            if self.autosave is not None and self.autosave.on_exit:
+                for s in list(self.sessions.values()):
+                    if s.dirty and s.active is None:
+                        self.save(s)
             for s in list(self.sessions.values()):
                 self._close_session(s)
             self.closed = True
+
+    def _maybe_autosave(self, session: Session) -> None:
+        """Save after a finished request when the autosave policy says so."""
+        policy = self.autosave
+        if policy is None or session.closed or session.active is not None or not session.dirty:
+            return
+        session.turns_since_save += 1
+        due = (
+            (
+                policy.every_tokens is not None
+                and len(session.tokens) - session.saved_tokens >= policy.every_tokens
+            )
+            or (policy.every_turns is not None and session.turns_since_save >= policy.every_turns)
+            or (
+                policy.every_seconds is not None
+                and time.monotonic() - session.saved_at >= policy.every_seconds
+            )
+        )
+        if due:
+            self.save(session)
+            session.turns_since_save = 0
+
+    def install_signal_handlers(self) -> None:
+        """On SIGINT/SIGTERM: save dirty sessions (autosave.on_exit), close, then exit."""
+        import signal
+
+        def handler(signum: int, _frame: Any) -> None:
+            log.warning("signal %d: saving sessions before exit", signum)
+            self.close()
+            raise SystemExit(128 + signum)
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
 
     def _check_open(self) -> None:
         if self.closed:
@@ -216,6 +316,8 @@ class Engine:
         if req.generate and req.pending:  # sampled but not fed: it leads the next call
             session.pending_token = req.pending[-1]
             req.pending.clear()
+        if reason in ("done", "stop", "length"):
+            self._maybe_autosave(session)
 
     # -- the step --------------------------------------------------------------------------
     def step(self) -> dict[str, Any]:

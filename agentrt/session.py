@@ -44,11 +44,20 @@ class Session:
         self.last_used = time.monotonic()
         self.closed = False
         self.active: Any = None  # the running Request, if any
+        self.db_id: str | None = None  # catalog id once saved or opened from a checkpoint
+        self.saved_tokens = 0  # tokens covered by the last checkpoint
+        self.saved_at = time.monotonic()
+        self.turns_since_save = 0
         self._guard = threading.Lock()
 
     def __repr__(self) -> str:
         where = "resident" if self.cache is not None else "swapped"
         return f"Session(name={self.name!r}, tokens={len(self.tokens)}, {where})"
+
+    @property
+    def dirty(self) -> bool:
+        """True when tokens were fed since the last checkpoint."""
+        return len(self.tokens) != self.saved_tokens
 
     # -- single writer -----------------------------------------------------------------
     def _acquire(self) -> None:

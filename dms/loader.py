@@ -156,7 +156,9 @@ def load_model(
         else:
             log.info("retrofitting %s with zero-initialised DMS adapters", model_dir)
     tok = _load_tokenizer(model_dir) if tokenizer else None
-    return DMSModel(hf, served, tokenizer=tok)
+    model = DMSModel(hf, served, tokenizer=tok)
+    model.source_dir = model_dir
+    return model
 
 
 def check_adapter_tensors(hf: Any, tensors: dict[str, torch.Tensor], model_dir: Path) -> None:

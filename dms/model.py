@@ -44,6 +44,7 @@ class DMSModel(nn.Module):
                 hint="call agentrt.dms.add_adapters(model, config) to retrofit a plain model",
             )
         self.dms = dms
+        self.source_dir: Path | None = None  # the folder it was loaded from (set by load_model)
 
     # -- facts -------------------------------------------------------------------------
     @property

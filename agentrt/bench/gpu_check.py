@@ -31,7 +31,11 @@ from agentrt.kernels import (
 )
 from agentrt.kernels import reference as ref
 
-TOLERANCES = {torch.float32: (1e-5, 1e-5), torch.float16: (5e-3, 5e-3), torch.bfloat16: (1e-2, 1e-2)}
+TOLERANCES = {
+    torch.float32: (1e-5, 1e-5),
+    torch.float16: (5e-3, 5e-3),
+    torch.bfloat16: (1e-2, 1e-2),
+}
 DTYPE_NAMES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
@@ -67,7 +71,12 @@ def _decode_case(
         pool, _, tables = random_paged_cache(lens, block_size, d, dt, seed=3)
         q = torch.randn(num_seqs, hq, d, device=device, dtype=dt)
         args = (q, pool, tables, lens, d**-0.5)
-        return compare(name, ref.paged_decode_attention(*args), paged_decode_attention(*args, splits), *TOLERANCES[dt])
+        return compare(
+            name,
+            ref.paged_decode_attention(*args),
+            paged_decode_attention(*args, splits),
+            *TOLERANCES[dt],
+        )
 
     return run
 
@@ -100,7 +109,9 @@ def _prefill_case(
         k = torch.randn(total, hk, d, generator=gen, device=device, dtype=dt)
         v = torch.randn(total, hk, d, generator=gen, device=device, dtype=dt)
         args = (q, k, v, k_expiry, pos.to(torch.int32), cu, pool, expiry, tables, lens, d**-0.5)
-        return compare(name, ref.dms_prefill_attention(*args), dms_prefill_attention(*args), *TOLERANCES[dt])
+        return compare(
+            name, ref.dms_prefill_attention(*args), dms_prefill_attention(*args), *TOLERANCES[dt]
+        )
 
     return run
 
@@ -134,7 +145,9 @@ CHECKS: list[Callable[[torch.device], dict]] = [
     _decode_case("decode bf16 s16 <=4k d64 (llama-1b)", 16, 4096, "bf16", 32, None, (32, 8, 64)),
     _prefill_case("prefill bf16 2 seqs cached", [(1000, 12000), (517, 3000)], "bf16", 64),
     _prefill_case("prefill bf16 fresh 4k", [(4096, 0)], "bf16", 64),
-    _prefill_case("prefill fp16 3 seqs d64", [(300, 800), (0, 50), (129, 0)], "fp16", 16, (32, 8, 64)),
+    _prefill_case(
+        "prefill fp16 3 seqs d64", [(300, 800), (0, 50), (129, 0)], "fp16", 16, (32, 8, 64)
+    ),
     _prefill_case("prefill fp32 1 seq cached", [(600, 2000)], "fp32", 64),
     _slots_case("write+copy slots bf16", 4096, "bf16"),
 ]
@@ -144,7 +157,9 @@ def run_checks(device: torch.device) -> list[dict[str, Any]]:
     """Run every kernel-vs-reference comparison on `device` (Triton path forced by dispatch)."""
     probe = torch.zeros(1, device=device)
     if backend_for(probe) != "triton":
-        raise RuntimeError(f"dispatch chose {backend_for(probe)!r} for {device}; unset AGENTRT_KERNELS")
+        raise RuntimeError(
+            f"dispatch chose {backend_for(probe)!r} for {device}; unset AGENTRT_KERNELS"
+        )
     rows = []
     for check in CHECKS:
         start = time.perf_counter()

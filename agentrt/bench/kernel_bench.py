@@ -108,7 +108,9 @@ def measure_copy_bandwidth(device: torch.device, nbytes: int = 2 << 30) -> float
     return 2 * nbytes / (ms * 1e-3)
 
 
-def measure_matmul_flops(device: torch.device, n: int = 8192, dtype=torch.bfloat16) -> float:
+def measure_matmul_flops(
+    device: torch.device, n: int = 8192, dtype: torch.dtype = torch.bfloat16
+) -> float:
     """Dense n x n x n matmul throughput in FLOP/s."""
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
@@ -116,7 +118,7 @@ def measure_matmul_flops(device: torch.device, n: int = 8192, dtype=torch.bfloat
     return 2 * n**3 / (ms * 1e-3)
 
 
-def _flash_attn():
+def _flash_attn() -> tuple[Callable[..., Any], Callable[..., Any]] | None:
     """flash_attn's (flash_attn_with_kvcache, flash_attn_func), or None when not installed."""
     if importlib.util.find_spec("flash_attn") is None:
         return None
@@ -126,6 +128,7 @@ def _flash_attn():
 
 
 def _fits(nbytes: int, device: torch.device) -> bool:
+    """Whether nbytes more fit in the device's free memory with a 15% margin."""
     free, _ = torch.cuda.mem_get_info(device)
     return nbytes < 0.85 * free
 
@@ -206,12 +209,18 @@ def bench_prefill(
 
 
 def bench_dense_prefill(
-    tokens: int, cached_context: int, shape: AttentionShape, dtype: torch.dtype, device
+    tokens: int,
+    cached_context: int,
+    shape: AttentionShape,
+    dtype: torch.dtype,
+    device: torch.device,
 ) -> dict[str, float | None]:
     """SDPA (chunk causal + full cached context) and flash_attn_func causal, no compression."""
     g = shape.num_q_heads // shape.num_kv_heads
     q = torch.randn(1, shape.num_q_heads, tokens, shape.head_dim, device=device, dtype=dtype)
-    kv_new = torch.randn(2, 1, shape.num_kv_heads, tokens, shape.head_dim, device=device, dtype=dtype)
+    kv_new = torch.randn(
+        2, 1, shape.num_kv_heads, tokens, shape.head_dim, device=device, dtype=dtype
+    )
     kv_old = torch.randn(2, 1, shape.num_kv_heads, cached_context, shape.head_dim, device=device, dtype=dtype)  # fmt: skip
     kn, vn = (t.repeat_interleave(g, dim=1) for t in kv_new)  # GQA expanded outside the timing
     ko, vo = (t.repeat_interleave(g, dim=1) for t in kv_old)
@@ -225,7 +234,7 @@ def bench_dense_prefill(
     result: dict[str, float | None] = {"sdpa_ms": cuda_time_ms(dense), "flash_ms": None}
     fa = _flash_attn()
     if fa is not None:
-        kf = torch.cat([kv_old, kv_new], dim=3)[:, :, :, :].permute(0, 1, 3, 2, 4).contiguous()
+        kf = torch.cat([kv_old, kv_new], dim=3).permute(0, 1, 3, 2, 4).contiguous()  # [2,1,L,H,D]
         qf = q.transpose(1, 2).contiguous()
         result["flash_ms"] = cuda_time_ms(lambda: fa[1](qf, kf[0], kf[1], causal=True))
     return result
@@ -244,7 +253,9 @@ def run_kernel_bench(
 ) -> dict[str, Any]:
     """Benchmark decode over batches x contexts x compression ratios, and DMS prefill -> JSON dict."""
     if not torch.cuda.is_available():
-        raise RuntimeError("run_kernel_bench needs a CUDA device (torch.cuda.is_available() is False)")
+        raise RuntimeError(
+            "run_kernel_bench needs a CUDA device (torch.cuda.is_available() is False)"
+        )
     dev = torch.device(device)
     props = torch.cuda.get_device_properties(dev)
     copy_bw = measure_copy_bandwidth(dev)
@@ -266,7 +277,9 @@ def run_kernel_bench(
             for cr in crs:
                 lens = held_lengths(batch, context, cr, shape.num_kv_heads)
                 row: dict[str, Any] = {"batch": batch, "context": context, "cr": cr, **dense}
-                row.update(bench_decode(lens, shape, dtype, block_size, dev, props.multi_processor_count))
+                row.update(
+                    bench_decode(lens, shape, dtype, block_size, dev, props.multi_processor_count)
+                )
                 row["achieved_gbps"] = row["bytes"] / (row["kernel_ms"] * 1e-3) / 1e9
                 row["bandwidth_fraction"] = row["achieved_gbps"] * 1e9 / copy_bw
                 for base in ("sdpa", "flash"):
@@ -288,6 +301,7 @@ def run_kernel_bench(
 
 
 def _cell(value: Any, fmt: str) -> str:
+    """Format a table cell; None (baseline not run) prints as '-'."""
     return "-" if value is None else format(value, fmt)
 
 
@@ -308,7 +322,10 @@ def format_table(result: dict[str, Any]) -> str:
             f"{_cell(r['speedup_vs_sdpa'], '7.2f'):>7} {_cell(r['flash_ms'], '9.3f'):>9} "
             f"{_cell(r['speedup_vs_flash'], '8.2f'):>8}"
         )
-    lines += ["", "prefill  tokens  cached  cr  slots_held  kernel_ms  sdpa_ms  x_sdpa  flash_ms  x_flash"]
+    lines += [
+        "",
+        "prefill  tokens  cached  cr  slots_held  kernel_ms  sdpa_ms  x_sdpa  flash_ms  x_flash",
+    ]
     for r in result["prefill"]:
         lines.append(
             f"         {r['tokens']:6d} {r['cached_context']:7d} {r['cr']:3g} {r['slots_held']:11d} "

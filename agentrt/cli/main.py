@@ -83,9 +83,11 @@ def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
 
 def _register() -> None:
     """Attach the command modules to the group (each imports its heavy dependencies lazily)."""
-    from agentrt.cli import doctor
+    from agentrt.cli import bench, db, doctor
 
     cli.add_command(doctor.doctor)
+    cli.add_command(db.db)
+    cli.add_command(bench.bench)
 
 
 _register()

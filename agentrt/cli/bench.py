@@ -1,0 +1,112 @@
+"""`agentrt bench`: speed and memory benchmarks (JSON + table + PNG), never timed unit tests."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from agentrt.cli.options import device_option, model_option, resolve_settings
+
+
+def _parse_ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError as err:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers") from err
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks: kernels (GPU) and engine throughput."""
+
+
+@bench.command()
+@model_option
+@device_option
+@click.option(
+    "--concurrency", default="1,8,32", show_default=True, help="Concurrent sessions to test."
+)
+@click.option("--prompt-len", default=128, show_default=True, help="Prompt tokens per session.")
+@click.option("--new-tokens", default=32, show_default=True, help="Decode tokens per session.")
+@click.option(
+    "--kv-budget",
+    default="4GiB",
+    show_default=True,
+    envvar="AGENTRT_KV_BUDGET",
+    help="KV pool size.",
+)
+@click.option("--no-hf", is_flag=True, help="Skip the HF generate baseline.")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True
+)
+@click.pass_context
+def throughput(
+    ctx: click.Context,
+    concurrency: str,
+    prompt_len: int,
+    new_tokens: int,
+    kv_budget: str,
+    no_hf: bool,
+    out: Path,
+    **_: object,
+) -> None:
+    """Decode tokens/s with N concurrent sessions vs HF generate on the same model."""
+    from agentrt.bench.throughput import format_table, plot, run_throughput_bench
+    from agentrt.dms import load_model
+    from agentrt.engine import resolve_device
+    from agentrt.errors import ConfigError
+
+    settings = resolve_settings(ctx)
+    if not settings.model:
+        raise ConfigError("no model given", hint="pass --model PATH or set AGENTRT_MODEL")
+    model = load_model(settings.model, device=resolve_device(settings.device))
+    result = run_throughput_bench(
+        model,
+        concurrency=_parse_ints(concurrency),
+        prompt_len=prompt_len,
+        new_tokens=new_tokens,
+        kv_budget=kv_budget,
+        hf_baseline=not no_hf,
+    )
+    result["command"] = " ".join(["agentrt", *sys.argv[1:]])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "throughput.json").write_text(json.dumps(result, indent=2))
+    plot(result, out / "throughput.png")
+    click.echo(format_table(result))
+    click.echo(f"wrote {out / 'throughput.json'} and {out / 'throughput.png'}")
+
+
+@bench.command()
+@click.option("--batches", default="1,8,32", show_default=True)
+@click.option("--contexts", default="4096,32768,131072", show_default=True)
+@click.option(
+    "--crs", default="1,4,8", show_default=True, help="Compression ratios (slots = tokens / CR)."
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True
+)
+def kernels(batches: str, contexts: str, crs: str, out: Path) -> None:
+    """Paged DMS decode/prefill attention vs dense SDPA at Llama-3.1-8B shapes (needs CUDA)."""
+    import torch
+
+    from agentrt.errors import ConfigError
+
+    if not torch.cuda.is_available():
+        raise ConfigError(
+            "the kernel benchmark needs a CUDA GPU (speed under the Triton interpreter means nothing)",
+            hint="run it on a GPU machine; correctness tests run on CPU with TRITON_INTERPRET=1",
+        )
+    from agentrt.bench.kernel_bench import format_table, run_kernel_bench
+
+    result = run_kernel_bench(
+        batches=_parse_ints(batches),
+        contexts=_parse_ints(contexts),
+        crs=tuple(float(c) for c in crs.split(",")),
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "kernels.json").write_text(json.dumps(result, indent=2))
+    click.echo(format_table(result))
+    click.echo(f"wrote {out / 'kernels.json'}")

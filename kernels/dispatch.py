@@ -1,0 +1,38 @@
+"""Backend choice for the kernels: Triton on CUDA, the torch reference elsewhere."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Literal
+
+import torch
+
+Backend = Literal["triton", "reference"]
+MODES = ("auto", "triton", "reference")
+
+
+def backend_for(tensor: torch.Tensor) -> Backend:
+    """Pick the backend for an op whose data lives where `tensor` lives.
+
+    `AGENTRT_KERNELS` (auto|triton|reference, default auto) is read here and nowhere else:
+    auto -> triton for CUDA tensors when triton is installed, else reference;
+    triton -> always triton (on CPU only under `TRITON_INTERPRET=1`);
+    reference -> always the pure-torch reference.
+    """
+    mode = os.environ.get("AGENTRT_KERNELS", "auto").strip().lower() or "auto"
+    if mode not in MODES:
+        raise ValueError(f"AGENTRT_KERNELS must be one of {'|'.join(MODES)}, got {mode!r}")
+    if mode == "reference":
+        return "reference"
+    if mode == "triton":
+        if tensor.is_cuda or os.environ.get("TRITON_INTERPRET", "0") == "1":
+            return "triton"
+        raise ValueError(
+            f"AGENTRT_KERNELS=triton but the tensor is on {tensor.device}: Triton needs CUDA "
+            "tensors, or TRITON_INTERPRET=1 to run the kernels in the CPU interpreter; "
+            "use AGENTRT_KERNELS=auto or reference on CPU"
+        )
+    if tensor.is_cuda and importlib.util.find_spec("triton") is not None:
+        return "triton"
+    return "reference"

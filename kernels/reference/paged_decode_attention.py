@@ -1,0 +1,65 @@
+"""Pure-torch paged decode attention: the test oracle and the CPU execution path."""
+
+from __future__ import annotations
+
+import torch
+
+
+def gather_stream(
+    kv_pool: torch.Tensor, block_row: torch.Tensor, n: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gather the first `n` slots of one stream; returns K, V each [n, D] in pool dtype.
+
+    kv_pool [num_blocks, 2, block_size, D]; block_row [max_blocks] int32 (this stream's blocks).
+    """
+    block_size, d = kv_pool.shape[2], kv_pool.shape[3]
+    nblk = -(-n // block_size)
+    blocks = kv_pool[block_row[:nblk].long()]  # [nblk, 2, block_size, D]
+    k = blocks[:, 0].reshape(-1, d)[:n]
+    v = blocks[:, 1].reshape(-1, d)[:n]
+    return k, v
+
+
+def gather_stream_expiry(
+    slot_expiry: torch.Tensor, block_row: torch.Tensor, n: int
+) -> torch.Tensor:
+    """Gather the expiry of the first `n` slots of one stream -> [n] int32.
+
+    slot_expiry [num_blocks, block_size] int32; block_row [max_blocks] int32.
+    """
+    block_size = slot_expiry.shape[1]
+    nblk = -(-n // block_size)
+    return slot_expiry[block_row[:nblk].long()].reshape(-1)[:n]
+
+
+def paged_decode_attention(
+    q: torch.Tensor,
+    kv_pool: torch.Tensor,
+    block_tables: torch.Tensor,
+    cache_lens: torch.Tensor,
+    scale: float,
+    num_splits: int | None = None,
+) -> torch.Tensor:
+    """One decode query per sequence over its paged streams -> out [S, H_q, D] (q's dtype).
+
+    q [S, H_q, D]; kv_pool [num_blocks, 2, block_size, D]; block_tables [S, H_kv, max_blocks]
+    int32; cache_lens [S, H_kv] int32. Every held slot is visible; an empty stream gives zeros.
+    `num_splits` only matters to the Triton kernel (the reference computes in one pass).
+    """
+    del num_splits
+    num_seqs, num_q_heads, _ = q.shape
+    num_kv_heads = block_tables.shape[1]
+    g = num_q_heads // num_kv_heads
+    ct = torch.promote_types(q.dtype, torch.float32)  # fp32 math, fp64 stays fp64
+    out = torch.zeros_like(q)
+    lens = cache_lens.tolist()
+    for b in range(num_seqs):
+        for h in range(num_kv_heads):
+            n = int(lens[b][h])
+            if n == 0:
+                continue
+            k, v = gather_stream(kv_pool, block_tables[b, h], n)
+            heads = slice(h * g, (h + 1) * g)
+            scores = (q[b, heads].to(ct) @ k.to(ct).T) * scale  # [g, n]
+            out[b, heads] = (scores.softmax(dim=-1) @ v.to(ct)).to(q.dtype)
+    return out
