@@ -52,6 +52,7 @@ class Engine:
         home: str | Path | None = None,
         db: str | None = None,
         autosave: AutosavePolicy | None = None,
+        idle_ttl: float | None = None,
     ) -> None:
         from agentrt.dms.budget import parse_bytes
 
@@ -76,6 +77,7 @@ class Engine:
             home, db = settings.home, settings.db_url
         self.persistence = Persistence(self, Path(home), db)
         self.autosave = autosave
+        self.idle_ttl = idle_ttl  # seconds after which an idle, unpinned session leaves the pool
 
     @classmethod
     def from_pretrained(
@@ -244,6 +246,12 @@ class Engine:
 
     # -- requests ------------------------------------------------------------------------
     def _prefill(self, session: Session, ids: list[int]) -> torch.Tensor:
+        vocab = self.model.hf.get_input_embeddings().num_embeddings
+        bad = [t for t in ids if not 0 <= t < vocab]
+        if bad:
+            raise SessionError(
+                f"token ids {bad[:5]} are outside the model's vocabulary (0..{vocab - 1})"
+            )
         feed = ([session.pending_token] if session.pending_token is not None else []) + ids
         req = self._submit(session, feed, generate=False)
         for _ in self._drain(req):
@@ -324,6 +332,7 @@ class Engine:
         """Run one engine step over every session with work; returns its telemetry."""
         with self._lock:
             t0 = time.perf_counter()
+            self.expire_idle()
             self._reserved = 0
             self._protected = set()
             plan = self.scheduler.schedule(self._reserve)
@@ -340,6 +349,23 @@ class Engine:
             self.scheduler.postprocess(plan)
             self._postprocess(plan, logits)
             return self.telemetry.record_step(plan, time.perf_counter() - t0, self)
+
+    def expire_idle(self) -> int:
+        """Swap out sessions idle longer than `idle_ttl` (unpinned, no request); returns how many."""
+        if self.idle_ttl is None:
+            return 0
+        now = time.monotonic()
+        stale = [
+            s
+            for s in self.sessions.values()
+            if s.cache is not None
+            and not s.pinned
+            and s.active is None
+            and now - s.last_used > self.idle_ttl
+        ]
+        for s in stale:
+            self.swap.swap_out(s)
+        return len(stale)
 
     def _reserve(self, req: Request, n: int) -> bool:
         """Make room for n more tokens of req's session, swapping idle sessions out if needed."""

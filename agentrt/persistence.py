@@ -77,8 +77,10 @@ class Persistence:
         """Hold an exclusive lock on the session's folder; SessionError if another process has it."""
         if session_id in self._locks:
             return
+        from agentrt.sessions.atomic import ensure_private_dir
+
         folder = self.home / "checkpoints" / session_id
-        folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ensure_private_dir(folder)
         fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

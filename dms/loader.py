@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -141,7 +143,8 @@ def load_model(
     file_dms, has_adapter_weights = detect_dms(model_dir)
     served = merge_dms(file_dms, dms)
     try:
-        hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype or default_dtype(dev))
+        with _quiet_transformers():  # adapter tensors are "unexpected" to HF; we load them below
+            hf = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype or default_dtype(dev))
     except Exception as err:  # noqa: BLE001
         raise ModelLoadError(f"cannot load weights from {model_dir}: {err}") from err
     hf.to(dev).eval()
@@ -183,6 +186,19 @@ def check_adapter_tensors(hf: Any, tensors: dict[str, torch.Tensor], model_dir: 
             hint="expected per layer dms_proj_alpha.weight [num_key_value_heads, hidden_size] "
             "(.bias only with attention_bias) and dms_proj_alpha_norm.weight [hidden_size]",
         )
+
+
+@contextlib.contextmanager
+def _quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report for one call, restoring its verbosity after."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
 
 
 def _load_tokenizer(model_dir: Path) -> Any:

@@ -11,6 +11,7 @@ the decision owed to each session's last cached token, then attend and write:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,6 +23,7 @@ from agentrt.dms.projections import finish_layer, lm_logits, project_layer, rope
 from agentrt.dms.session_cache import LayerPlan, SessionCache
 from agentrt.errors import BudgetError
 from agentrt.kernels import (
+    choose_num_splits,
     copy_kv_slots,
     dms_prefill_attention,
     paged_decode_attention,
@@ -29,6 +31,12 @@ from agentrt.kernels import (
 )
 
 KEEP = torch.iinfo(torch.int32).max
+
+
+@functools.lru_cache(maxsize=8)
+def _num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors of a CUDA device (split-K occupancy target)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 class CachePolicy(Protocol):
@@ -134,8 +142,12 @@ def serve_step(
         if decode_kernel:
             _apply_writes(items[0].cache.pool, plans, k, v, cu)
             tables, lens = _tables(items, layer_idx, None)
+            splits = None
+            if device.type == "cuda":  # host-side lengths: no device sync to pick split-K
+                longest = max(max(it.cache.lens[layer_idx]) for it in items)
+                splits = choose_num_splits(longest, lens.numel(), _num_sms(device))
             attn = paged_decode_attention(
-                q, items[0].cache.pool.kv, tables, lens, layer.self_attn.scaling
+                q, items[0].cache.pool.kv, tables, lens, layer.self_attn.scaling, num_splits=splits
             )
         else:
             tables, lens = _tables(items, layer_idx, old_lens)

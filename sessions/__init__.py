@@ -1,59 +1,71 @@
-"""Persistence of agentrt sessions: catalog models, migrations, database setup and store.
+"""Persistence of agentrt sessions: catalog models, migrations, database setup, store, checkpoints.
 
-Importing this package loads SQLAlchemy and Alembic but never torch, textual or rich.
+Names are imported on first use (PEP 562), so `import agentrt.sessions.checkpoint` — what the
+engine needs to swap and save — never pulls in SQLAlchemy or Alembic (a GPU box may lack them),
+and nothing here imports torch, textual or rich at package import.
 """
 
-from agentrt.sessions.database import (
-    DatabaseStatus,
-    alembic_config,
-    current_revision,
-    database_status,
-    downgrade,
-    head_revision,
-    make_engine,
-    open_catalog,
-    sqlite_path,
-    upgrade,
-)
-from agentrt.sessions.db_errors import UPGRADE_COMMAND, redact_url, translate_errors
-from agentrt.sessions.models import (
-    CHECKPOINT_KINDS,
-    MESSAGE_ROLES,
-    RUN_ITEM_STATUSES,
-    RUN_STATUSES,
-    SESSION_STATUSES,
-    Base,
-)
-from agentrt.sessions.records import CheckpointInfo, MessageInfo, RunInfo, RunItemInfo, SessionInfo
-from agentrt.sessions.runs import RunStore
-from agentrt.sessions.store import SessionRef, SessionStore
+from __future__ import annotations
 
-__all__ = [
-    "CHECKPOINT_KINDS",
-    "MESSAGE_ROLES",
-    "RUN_ITEM_STATUSES",
-    "RUN_STATUSES",
-    "SESSION_STATUSES",
-    "UPGRADE_COMMAND",
-    "Base",
-    "CheckpointInfo",
-    "DatabaseStatus",
-    "MessageInfo",
-    "RunInfo",
-    "RunItemInfo",
-    "RunStore",
-    "SessionInfo",
-    "SessionRef",
-    "SessionStore",
-    "alembic_config",
-    "current_revision",
-    "database_status",
-    "downgrade",
-    "head_revision",
-    "make_engine",
-    "open_catalog",
-    "redact_url",
-    "sqlite_path",
-    "translate_errors",
-    "upgrade",
-]
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "Base": "agentrt.sessions.models",
+    "CHECKPOINT_KINDS": "agentrt.sessions.models",
+    "CheckpointFileInfo": "agentrt.sessions.checkpoint",
+    "CheckpointInfo": "agentrt.sessions.records",
+    "DatabaseStatus": "agentrt.sessions.database",
+    "FORMAT_VERSION": "agentrt.sessions.checkpoint",
+    "Fingerprint": "agentrt.sessions.fingerprint",
+    "LoadedCheckpoint": "agentrt.sessions.checkpoint",
+    "MESSAGE_ROLES": "agentrt.sessions.models",
+    "MessageInfo": "agentrt.sessions.records",
+    "RUN_ITEM_STATUSES": "agentrt.sessions.models",
+    "RUN_STATUSES": "agentrt.sessions.models",
+    "RunInfo": "agentrt.sessions.records",
+    "RunItemInfo": "agentrt.sessions.records",
+    "RunStore": "agentrt.sessions.runs",
+    "SESSION_STATUSES": "agentrt.sessions.models",
+    "SessionInfo": "agentrt.sessions.records",
+    "SessionRef": "agentrt.sessions.store",
+    "SessionStore": "agentrt.sessions.store",
+    "UPGRADE_COMMAND": "agentrt.sessions.db_errors",
+    "WrittenFile": "agentrt.sessions.atomic",
+    "alembic_config": "agentrt.sessions.database",
+    "cache_state": "agentrt.sessions.checkpoint",
+    "current_revision": "agentrt.sessions.database",
+    "database_status": "agentrt.sessions.database",
+    "downgrade": "agentrt.sessions.database",
+    "file_sha256": "agentrt.sessions.atomic",
+    "head_revision": "agentrt.sessions.database",
+    "load_checkpoint": "agentrt.sessions.checkpoint",
+    "make_engine": "agentrt.sessions.database",
+    "model_fingerprint": "agentrt.sessions.fingerprint",
+    "open_catalog": "agentrt.sessions.database",
+    "redact_url": "agentrt.sessions.db_errors",
+    "restore_cache": "agentrt.sessions.checkpoint",
+    "save_checkpoint": "agentrt.sessions.checkpoint",
+    "sqlite_path": "agentrt.sessions.database",
+    "stale_temp_files": "agentrt.sessions.atomic",
+    "translate_errors": "agentrt.sessions.db_errors",
+    "upgrade": "agentrt.sessions.database",
+    "write_atomic": "agentrt.sessions.atomic",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import an exported name from its module on first use."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agentrt.sessions' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(_EXPORTS)
+
+
+__all__ = sorted(_EXPORTS)  # noqa: PLE0605

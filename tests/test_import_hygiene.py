@@ -15,7 +15,11 @@ CASES = [
     ("agentrt.dms", {"textual", "sqlalchemy", "rich"}),
     ("agentrt.kernels", {"textual", "sqlalchemy", "rich", "triton"}),
     ("agentrt.tools", {"textual", "sqlalchemy", "rich"}),
-    ("agentrt.sessions", {"textual"}),
+    ("agentrt.sessions", {"textual", "sqlalchemy", "torch"}),
+    # the serving path a GPU box runs (its image has no sqlalchemy or textual)
+    ("agentrt.engine", {"textual", "sqlalchemy", "alembic", "rich"}),
+    ("agentrt.sessions.checkpoint", {"textual", "sqlalchemy", "alembic"}),
+    ("agentrt.bench.gpu_check", {"textual", "sqlalchemy", "alembic"}),
 ]
 
 

@@ -83,11 +83,16 @@ def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
 
 def _register() -> None:
     """Attach the command modules to the group (each imports its heavy dependencies lazily)."""
-    from agentrt.cli import bench, db, doctor
+    from agentrt.cli import bench, db, doctor, retrofit
 
     cli.add_command(doctor.doctor)
     cli.add_command(db.db)
     cli.add_command(bench.bench)
+    from agentrt.cli import resume, sessions
+
+    cli.add_command(sessions.sessions)
+    cli.add_command(resume.resume)
+    cli.add_command(retrofit.retrofit)
 
 
 _register()

@@ -47,19 +47,24 @@ def paged_decode_attention(
     `num_splits` only matters to the Triton kernel (the reference computes in one pass).
     """
     del num_splits
-    num_seqs, num_q_heads, _ = q.shape
+    num_seqs, num_q_heads, d = q.shape
     num_kv_heads = block_tables.shape[1]
     g = num_q_heads // num_kv_heads
     ct = torch.promote_types(q.dtype, torch.float32)  # fp32 math, fp64 stays fp64
-    out = torch.zeros_like(q)
-    lens = cache_lens.tolist()
-    for b in range(num_seqs):
-        for h in range(num_kv_heads):
-            n = int(lens[b][h])
-            if n == 0:
-                continue
-            k, v = gather_stream(kv_pool, block_tables[b, h], n)
-            heads = slice(h * g, (h + 1) * g)
-            scores = (q[b, heads].to(ct) @ k.to(ct).T) * scale  # [g, n]
-            out[b, heads] = (scores.softmax(dim=-1) @ v.to(ct)).to(q.dtype)
-    return out
+    longest = int(cache_lens.max()) if cache_lens.numel() else 0
+    if longest == 0:
+        return torch.zeros_like(q)
+    block_size = kv_pool.shape[2]
+    nblk = -(-longest // block_size)
+    # Gather every stream padded to the longest: [S, H_kv, nblk, 2, block_size, D].
+    blocks = kv_pool[block_tables[:, :, :nblk].long()]
+    k = blocks[:, :, :, 0].reshape(num_seqs, num_kv_heads, nblk * block_size, d)[:, :, :longest]
+    v = blocks[:, :, :, 1].reshape(num_seqs, num_kv_heads, nblk * block_size, d)[:, :, :longest]
+    valid = torch.arange(longest, device=q.device) < cache_lens[..., None].long()  # [S, H_kv, L]
+    v = v.to(ct).masked_fill(~valid[..., None], 0.0)  # padding may hold garbage (even NaN)
+    qg = q.view(num_seqs, num_kv_heads, g, d).to(ct)
+    scores = torch.einsum("shgd,shld->shgl", qg, k.to(ct)) * scale
+    scores = scores.masked_fill(~valid[:, :, None, :], float("-inf"))
+    probs = scores.softmax(dim=-1).nan_to_num(0.0)  # empty streams -> zeros
+    out = torch.einsum("shgl,shld->shgd", probs, v)
+    return out.reshape(num_seqs, num_q_heads, d).to(q.dtype)

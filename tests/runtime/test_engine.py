@@ -242,3 +242,39 @@ def test_text_streaming_stop_strings_and_eos():
     u = eng.new_session()
     u.prefill(tok.encode("ok"))
     assert list(u.generate(6)) == greedy[: cut + 1]
+
+
+def test_agenerate_yields_the_same_tokens(model):
+    """The asyncio interface streams the same tokens as the sync one."""
+    import asyncio
+
+    eng = Engine(model, num_blocks=500, block_size=4)
+    a, b = eng.new_session("a"), eng.new_session("b")
+    p = _prompt(7, seed=12)
+    a.prefill(p)
+    b.prefill(p)
+
+    async def collect():
+        return [t async for t in b.agenerate(6)]
+
+    assert asyncio.run(collect()) == list(a.generate(6))
+
+
+def test_idle_ttl_and_pinning(model):
+    """Idle sessions leave the pool after the TTL unless pinned, and come back exactly on use."""
+    eng = Engine(model, num_blocks=500, block_size=4, idle_ttl=0.0)
+    pinned, idle, other = (
+        eng.new_session("p", pinned=True),
+        eng.new_session("i"),
+        eng.new_session("o"),
+    )
+    twin = Engine(model, num_blocks=500, block_size=4).new_session("twin")
+    for s in (pinned, idle, other, twin):
+        s.prefill(_prompt(12, seed=13))
+    eng.expire_idle()
+    assert pinned.cache is not None and idle.cache is None and other.cache is None
+    assert idle.stats()["resident"] == "cpu"
+    assert list(idle.generate(5)) == list(twin.generate(5))
+    pinned.unpin()
+    eng.expire_idle()
+    assert pinned.cache is None
