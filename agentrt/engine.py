@@ -258,10 +258,11 @@ class Engine:
             pass
         return req.payload["logits"]
 
-    def _generate(self, session: Session, params: SamplingParams) -> Iterator[int]:
+    def _start_generate(self, session: Session, params: SamplingParams) -> Request | None:
+        """Register a generate request now (it joins the next step); None if nothing to do."""
         with self._lock:
             if params.max_new_tokens == 0:
-                return
+                return None
             if session.pending_token is None and session.last_logits is None:
                 raise SessionError(f"session {session.name!r} is empty: prefill a prompt first")
             stops = set(params.stop_token_ids)
@@ -281,7 +282,13 @@ class Engine:
                 self._sample_into(req, session.last_logits)
             if not req.finished:
                 self._enqueue(session, req)
-        yield from self._drain(req)
+            return req
+
+    def _cancel(self, req: Request) -> None:
+        """Stop a request that its caller abandoned (keeps the session consistent)."""
+        with self._lock:
+            if not req.finished:
+                self._finish(req, "cancelled")
 
     def _submit(self, session: Session, feed: list[int], *, generate: bool) -> Request:
         with self._lock:

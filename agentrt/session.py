@@ -19,6 +19,52 @@ if TYPE_CHECKING:
     from agentrt.engine import Engine
 
 
+class TokenStream:
+    """Iterator over the tokens of one generate request; the request already runs in the engine.
+
+    Closing it (or leaving a `with` block, or dropping it) stops the request and frees the
+    session for its next caller.
+    """
+
+    def __init__(self, engine: Engine, request: Any, release: Any) -> None:
+        self._engine = engine
+        self._request = request
+        self._release = release
+        self._it = engine._drain(request) if request is not None else iter(())
+        self._open = True
+
+    def __iter__(self) -> TokenStream:
+        return self
+
+    def __next__(self) -> int:
+        try:
+            return next(self._it)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        """Stop generating (idempotent)."""
+        if not self._open:
+            return
+        self._open = False
+        if self._request is not None:
+            self._engine._cancel(self._request)
+        self._release()
+
+    def __enter__(self) -> TokenStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finalizer
+            pass
+
+
 class Session:
     """A long-lived conversation whose KV cache lives in the engine's pool (or swapped out).
 
@@ -89,14 +135,16 @@ class Session:
 
     def generate(
         self, max_new_tokens: int = 256, *, params: SamplingParams | None = None, **sampling: Any
-    ) -> Iterator[int]:
-        """Yield sampled token ids until a stop condition; stopping the iterator early is safe."""
+    ) -> TokenStream:
+        """Start generating now; iterate the returned stream for token ids (stop any time)."""
         params = params or SamplingParams(max_new_tokens=max_new_tokens, **sampling)
         self._acquire()
         try:
-            yield from self.engine._generate(self, params)
-        finally:
+            req = self.engine._start_generate(self, params)
+        except BaseException:
             self._release()
+            raise
+        return TokenStream(self.engine, req, self._release)
 
     def generate_text(
         self, max_new_tokens: int = 256, *, params: SamplingParams | None = None, **sampling: Any

@@ -184,29 +184,32 @@ def _plan(items, layer_idx, dec, starts, lengths, window):
     """Host bookkeeping for every session of one layer; returns plans and new-key expiries [N, H_kv]."""
     dec_cpu = dec.cpu()
     plans: list[LayerPlan] = []
-    expiry_parts = []
+    new_expiry = torch.full(dec_cpu.shape, KEEP, dtype=torch.int32)  # a decode token's flag is owed
     offset = 0
     for it, start, n in zip(items, starts, lengths, strict=True):
         chunk = dec_cpu[offset : offset + n]  # [n, H_kv] δ of the new tokens
         flags = key_flags(chunk[None])[0]  # e_j = δ_{j+1}; the last one is owed
         plans.append(it.cache.plan_layer(layer_idx, start, flags, chunk[0]))
-        pos = torch.arange(start, start + n)[:, None]
-        expiry_parts.append(torch.where(flags, pos + window, torch.full_like(pos, KEEP)))
+        if n > 1:
+            pos = torch.arange(start, start + n, dtype=torch.int32)[:, None]
+            new_expiry[offset : offset + n] = torch.where(
+                flags, pos + window, new_expiry[offset : offset + n]
+            )
         offset += n
-    new_expiry = torch.cat(expiry_parts).to(torch.int32).to(dec.device)
-    return plans, new_expiry
+    return plans, new_expiry.to(dec.device)
 
 
 def _tables(items, layer_idx, lens_override):
     """Stack per-session block tables [S, H_kv, max_blocks] and lengths [S, H_kv] for a layer."""
-    width = max(1, max(len(b) for it in items for b in it.cache.blocks[layer_idx]))
+    streams = [it.cache.blocks[layer_idx] for it in items]
+    width = max(1, max(len(b) for row in streams for b in row))
     device = items[0].cache.pool.kv.device
-    tables = torch.stack([it.cache.block_table(layer_idx, width) for it in items]).to(device)
-    if lens_override is None:
-        lens = torch.stack([it.cache.lens_tensor(layer_idx) for it in items])
-    else:
-        lens = torch.tensor(lens_override, dtype=torch.int32)
-    return tables, lens.to(device)
+    rows = [[b + [0] * (width - len(b)) for b in row] for row in streams]
+    tables = torch.tensor(rows, dtype=torch.int32)
+    lens = (
+        lens_override if lens_override is not None else [it.cache.lens[layer_idx] for it in items]
+    )
+    return tables.to(device), torch.tensor(lens, dtype=torch.int32).to(device)
 
 
 def _apply_flags(pool, plans: list[LayerPlan]) -> None:

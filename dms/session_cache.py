@@ -57,6 +57,7 @@ class SessionCache:
         self.ring_flag = torch.zeros((num_layers, num_kv_heads, self.ring_len), dtype=torch.bool)
         self.next_pos = 0
         self.closed = False
+        self.forked = False  # blocks may be shared (copy-on-write) once a fork happened
 
     # -- facts -------------------------------------------------------------------------
     @property
@@ -95,7 +96,7 @@ class SessionCache:
             for h in range(self.num_kv_heads):
                 n, blocks = self.lens[layer][h], self.blocks[layer][h]
                 grow = max(0, -(-(n + num_new) // bs) - len(blocks))
-                shared = sum(1 for b in blocks if self.pool.is_shared(b))
+                shared = sum(1 for b in blocks if self.pool.is_shared(b)) if self.forked else 0
                 need += grow + shared
         return need
 
@@ -133,6 +134,9 @@ class SessionCache:
         """
         plan = LayerPlan()
         num_new = flags.shape[0]
+        if num_new == 1:
+            self._plan_one(layer, start, first.tolist(), plan)
+            return plan
         w, ring = self.window, self.ring_len
         last = start + num_new - 1  # the position of the last query of this step
         flags_l = flags.tolist()
@@ -178,6 +182,36 @@ class SessionCache:
                 new_len = self._compact(layer, h, n, rest, plan)
             self.lens[layer][h] = new_len
         return plan
+
+    def _plan_one(self, layer: int, start: int, first: list[bool], plan: LayerPlan) -> None:
+        """plan_layer for one new token (decode), without the general chunk bookkeeping.
+
+        With one token the only window token that can leave is p = start − W (same ring
+        index as the new token); if it is marked, the new token takes its slot.
+        """
+        w, ring = self.window, self.ring_len
+        slots = self.ring_slot[layer].numpy()  # [H, W] views: numpy scalar access is cheap
+        marks = self.ring_flag[layer].numpy()
+        r_prev, r_new = (start - 1) % ring, start % ring
+        lens = self.lens[layer]
+        for h in range(self.num_kv_heads):
+            if start > 0 and first[h]:
+                marks[h, r_prev] = True
+                plan.flag_slots.append(self._writable(layer, h, int(slots[h, r_prev])))
+                plan.flag_values.append(start - 1 + w)
+            if start >= ring and marks[h, r_new]:
+                slot = int(slots[h, r_new])  # the marked token leaving the window frees its slot
+            else:
+                slot = lens[h]
+                self._grow(layer, h, slot + 1)
+                lens[h] = slot + 1
+            plan.write_slots.append(self._writable(layer, h, slot))
+            plan.write_tokens.append(0)
+            plan.write_heads.append(h)
+            plan.write_expiry.append(KEEP_FOREVER)  # its flag is owed
+            plan.write_pos.append(start)
+            slots[h, r_new] = slot
+            marks[h, r_new] = False
 
     def _compact(self, layer: int, head: int, n: int, holes: list[int], plan: LayerPlan) -> int:
         """Plan moves of live tail slots into `holes` (of n slots); returns the new length."""
@@ -245,6 +279,7 @@ class SessionCache:
         child.ring_slot = self.ring_slot.clone()
         child.ring_flag = self.ring_flag.clone()
         child.next_pos = self.next_pos
+        self.forked = child.forked = True
         return child
 
     def free(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import platform
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -28,23 +27,21 @@ def engine_decode_rate(
     sessions = [eng.new_session(seed=i) for i in range(concurrency)]
     for s in sessions:
         s.prefill(torch.randint(0, vocab, (prompt_len,), generator=gen).tolist())
-    barrier = threading.Barrier(concurrency + 1)
-    counts = [0] * concurrency
-
-    def worker(i: int) -> None:
-        barrier.wait()
-        for _ in sessions[i].generate(new_tokens, ignore_eos=True):
-            counts[i] += 1
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
-    for t in threads:
-        t.start()
     _sync(model.device)
     steps0 = eng.telemetry.steps
-    barrier.wait()
     t0 = time.perf_counter()
-    for t in threads:
-        t.join()
+    # Start every request first (each joins the next engine step), then consume round-robin:
+    # whichever stream runs dry steps the engine for all of them.
+    streams = [s.generate(new_tokens, ignore_eos=True) for s in sessions]
+    counts = [0] * concurrency
+    live = list(range(concurrency))
+    while live:
+        for i in list(live):
+            try:
+                next(streams[i])
+                counts[i] += 1
+            except StopIteration:
+                live.remove(i)
     _sync(model.device)
     seconds = time.perf_counter() - t0
     stats = sessions[0].stats()
