@@ -61,6 +61,10 @@ class Engine:
         self.pool = model.make_pool(kv_budget, num_blocks=num_blocks, block_size=block_size)
         self.policy = policy
         self.window = policy.window if policy is not None else model.window
+        if scheduler is None and model.dms is not None and model.dms.chunked_prefill:
+            scheduler = SchedulerConfig(
+                prefill_chunk=model.dms.chunked_prefill
+            )  # dms_chunked_prefill
         self.scheduler = Scheduler(scheduler)
         self.swap = SwapManager(self, parse_bytes(cpu_swap_budget), swap_dir)
         self.sessions: dict[str, Session] = {}

@@ -278,3 +278,14 @@ def test_idle_ttl_and_pinning(model):
     pinned.unpin()
     eng.expire_idle()
     assert pinned.cache is None
+
+
+def test_dms_chunked_prefill_sets_the_prefill_chunk(model):
+    """A model's dms_chunked_prefill becomes the scheduler's prefill chunk."""
+    m = tiny_model(window=3, offset=5.0)
+    m.dms = m.dms.replace(chunked_prefill=8)
+    eng = Engine(m, num_blocks=500, block_size=4)
+    s = eng.new_session()
+    s.prefill(_prompt(30, seed=14))
+    assert eng.scheduler.config.prefill_chunk == 8
+    assert eng.telemetry.steps == 4  # 8 + 8 + 8 + 6
