@@ -359,7 +359,18 @@ class Engine:
             logits = self.model.step(items, policy=self.policy)
             self.scheduler.postprocess(plan)
             self._postprocess(plan, logits)
-            return self.telemetry.record_step(plan, time.perf_counter() - t0, self)
+            seconds = time.perf_counter() - t0
+            for it in plan.items:  # per-session telemetry: tokens fed and step time shared
+                c = it.request.session.counters
+                key = (
+                    "decode_tokens"
+                    if it.request.decode_phase and len(it.tokens) == 1
+                    else "prefill_tokens"
+                )
+                c[key] += len(it.tokens)
+                c["steps"] += 1
+                c["step_seconds"] += seconds
+            return self.telemetry.record_step(plan, seconds, self)
 
     def expire_idle(self) -> int:
         """Swap out sessions idle longer than `idle_ttl` (unpinned, no request); returns how many."""
@@ -448,7 +459,16 @@ class Engine:
     # -- reporting -------------------------------------------------------------------------
     def _session_stats(self, session: Session) -> dict[str, Any]:
         with self._lock:
-            base = {"name": session.name, "id": session.id, "pinned": session.pinned}
+            c = session.counters
+            base = {
+                "name": session.name,
+                "id": session.id,
+                "pinned": session.pinned,
+                **c,
+                "tokens_per_s": (c["prefill_tokens"] + c["decode_tokens"]) / c["step_seconds"]
+                if c["step_seconds"]
+                else 0.0,
+            }
             if session.cache is not None:
                 return {
                     **base,

@@ -94,6 +94,8 @@ class Session:
         self.saved_tokens = 0  # tokens covered by the last checkpoint
         self.saved_at = time.monotonic()
         self.turns_since_save = 0
+        # telemetry: tokens this session fed, and the time of the steps it took part in
+        self.counters = {"prefill_tokens": 0, "decode_tokens": 0, "steps": 0, "step_seconds": 0.0}
         self._guard = threading.Lock()
 
     def __repr__(self) -> str:

@@ -201,6 +201,7 @@ def test_stats_and_telemetry(model):
     st = s.stats()
     assert st["tokens"] == 44 and st["slots"] <= 44 * 4
     assert st["compression_ratio"] >= 1.0
+    assert st["prefill_tokens"] == 40 and st["decode_tokens"] == 4 and st["tokens_per_s"] > 0
     total = eng.stats()
     assert total["prefill_tokens"] == 40 and total["decode_tokens"] == 4
     assert 0 < total["pool"]["utilization"] <= 1
