@@ -113,6 +113,22 @@ def merge_dms(file_dms: DMSConfig | None, override: DMSConfig | None) -> DMSConf
     return override
 
 
+def read_supported_config(model_dir: Path) -> Any:
+    """The folder's transformers config; ModelLoadError if unreadable or not a supported decoder."""
+    from transformers import AutoConfig
+
+    try:
+        hf_config = AutoConfig.from_pretrained(model_dir)
+    except Exception as err:  # noqa: BLE001 - unreadable or unknown config
+        raise ModelLoadError(f"cannot read the model config in {model_dir}: {err}") from err
+    problems = check_supported(hf_config)
+    if problems:
+        raise ModelLoadError(
+            "; ".join(problems), hint="agentrt serves Llama, Mistral, Qwen2 and Qwen3 decoders"
+        )
+    return hf_config
+
+
 def default_dtype(device: torch.device) -> torch.dtype:
     """fp32 on CPU, bf16 on CUDA."""
     return torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -127,19 +143,11 @@ def load_model(
     tokenizer: bool = True,
 ) -> DMSModel:
     """Load a Llama/Mistral/Qwen2/Qwen3 checkpoint (plain or DMS, either flavour) as a DMSModel."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     model_dir = resolve_model_dir(name_or_path)
     dev = torch.device(device)
-    try:
-        hf_config = AutoConfig.from_pretrained(model_dir)
-    except Exception as err:  # noqa: BLE001 - unreadable or unknown config
-        raise ModelLoadError(f"cannot read the model config in {model_dir}: {err}") from err
-    problems = check_supported(hf_config)
-    if problems:
-        raise ModelLoadError(
-            "; ".join(problems), hint="agentrt serves Llama, Mistral, Qwen2 and Qwen3"
-        )
+    read_supported_config(model_dir)
     file_dms, has_adapter_weights = detect_dms(model_dir)
     served = merge_dms(file_dms, dms)
     try:

@@ -11,7 +11,6 @@ import torch
 from torch import nn
 
 from agentrt.dms.adapters import ADAPTER_MARKER
-from agentrt.dms.architecture import check_supported
 from agentrt.dms.loader import load_model
 from agentrt.dms.model import DMSModel
 from agentrt.dms.retrofit.config import RetrofitConfig
@@ -42,17 +41,9 @@ def autocast_dtype(name: str, device: torch.device) -> torch.dtype | None:
 
 def check_model_config(model_dir: Path, cfg: RetrofitConfig) -> Any:
     """Refuse unsupported architectures and seq_len beyond the context before loading weights."""
-    from transformers import AutoConfig
+    from agentrt.dms.loader import read_supported_config
 
-    try:
-        hf_config = AutoConfig.from_pretrained(model_dir)
-    except Exception as err:  # noqa: BLE001 - unreadable or unknown config
-        raise ModelLoadError(f"cannot read the model config in {model_dir}: {err}") from err
-    problems = check_supported(hf_config)
-    if problems:
-        raise ModelLoadError(
-            "; ".join(problems), hint="agentrt retrofits Llama, Mistral, Qwen2 and Qwen3 decoders"
-        )
+    hf_config = read_supported_config(model_dir)
     context = getattr(hf_config, "max_position_embeddings", None)
     if context and cfg.seq_len > context:
         raise ConfigError(
