@@ -93,6 +93,9 @@ def _register() -> None:
     cli.add_command(sessions.sessions)
     cli.add_command(resume.resume)
     cli.add_command(retrofit.retrofit)
+    from agentrt.cli import eval as eval_command
+
+    cli.add_command(eval_command.eval_cmd)
 
 
 _register()

@@ -46,7 +46,9 @@ def _read_file(rng: random.Random, k: int) -> Scenario:
         p: f"Notes on {t}.\nAccess code for {t}: {c}.\n"
         for p, t, c in zip(paths, topics, codes, strict=True)
     }
-    facts = [f"The notes about {t} are in the file {p}." for t, p in zip(topics, paths, strict=True)]
+    facts = [
+        f"The notes about {t} are in the file {p}." for t, p in zip(topics, paths, strict=True)
+    ]
     i = rng.randrange(k)
     question = f"What is the access code for {topics[i]}? Read the file that holds its notes."
     return facts, question, ("read_file", {"path": paths[i]}), {"files": files}, str(codes[i])
@@ -60,12 +62,14 @@ def _search_text(rng: random.Random, k: int) -> Scenario:
     lines = [f"{a} port = {p}" for a, p in zip(aliases, ports, strict=True)]
     rng.shuffle(lines)
     half = (len(lines) + 1) // 2
-    files = {"config/main.txt": "\n".join(lines[:half]), "config/extra.txt": "\n".join(lines[half:])}
+    files = {
+        "config/main.txt": "\n".join(lines[:half]),
+        "config/extra.txt": "\n".join(lines[half:]),
+    }
     facts = [f"The service {s} is also called {a}." for s, a in zip(services, aliases, strict=True)]
     i = rng.randrange(k)
     question = (
-        f"Which port does the service {services[i]} use? "
-        "Search the workspace for its other name."
+        f"Which port does the service {services[i]} use? Search the workspace for its other name."
     )
     call = ("search_text", {"query": aliases[i]})
     return facts, question, call, {"files": files}, str(ports[i])

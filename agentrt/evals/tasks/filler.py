@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import random
 import string
 
@@ -51,10 +52,28 @@ def sentence(rng: random.Random) -> str:
     return text[0].upper() + text[1:]
 
 
+class _Stream:
+    """The endless sentence stream of one seed, materialised as far as anyone asked."""
+
+    def __init__(self, seed: int) -> None:
+        self.rng = random.Random(f"filler/{seed}")
+        self.sentences: list[str] = []
+
+    def take(self, n: int) -> list[str]:
+        """The first n sentences."""
+        while len(self.sentences) < n:
+            self.sentences.append(sentence(self.rng))
+        return self.sentences[:n]
+
+
+@functools.lru_cache(maxsize=16)
+def _stream(seed: int) -> _Stream:
+    return _Stream(seed)
+
+
 def filler(seed: int, n: int) -> list[str]:
     """The first n filler sentences of the stream for `seed` (a prefix of any longer call)."""
-    rng = random.Random(f"filler/{seed}")
-    return [sentence(rng) for _ in range(n)]
+    return _stream(seed).take(n)
 
 
 def weave(sentences: list[str], inserts: list[tuple[float, str]]) -> str:

@@ -1,0 +1,79 @@
+"""`evaluate_text`: perplexity and KL to dense on a user's text, checked against HF's forward."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from agentrt.errors import ConfigError
+from agentrt.evals.tasks.filler import filler
+from agentrt.evals.text_eval import evaluate_text
+from tests.evals.helpers import tiny_eval_model
+
+TEXT = " ".join(filler(7, 120))
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A plain tiny model with the small demo tokenizer."""
+    return tiny_eval_model()
+
+
+def rows_by_policy(result):
+    """{policy: TextRow} for one length."""
+    return {r.policy: r for r in result.text_rows}
+
+
+def test_dense_is_the_reference_and_compression_costs_kl(model) -> None:
+    result = evaluate_text(
+        model, model.tokenizer, TEXT, lengths=[300],
+        policies=["dense", "window", "streaming", "tova", "h2o"], crs=[4], chunk=64,
+    )  # fmt: skip
+    rows = rows_by_policy(result)
+    assert set(rows) == {"dense", "window", "streaming", "tova", "h2o"}
+    assert rows["dense"].kl == 0.0 and rows["dense"].achieved_cr == 1.0
+    for name in ("window", "streaming", "tova", "h2o"):
+        row = rows[name]
+        assert row.kl > 1e-4 and math.isfinite(row.ppl), name
+        assert row.budget == 75 and row.achieved_cr == pytest.approx(4.0), name
+    for row in rows.values():
+        assert row.ppl == pytest.approx(math.exp(row.nll)) and row.length == 300
+
+
+def test_dense_perplexity_matches_the_hf_forward(model) -> None:
+    ids = model.tokenizer.encode(TEXT)[:300]
+    with torch.no_grad():
+        logits = model.hf(torch.tensor([ids])).logits[0]
+    nll = torch.nn.functional.cross_entropy(logits[:-1].float(), torch.tensor(ids[1:])).item()
+    result = evaluate_text(model, model.tokenizer, TEXT, lengths=[300], policies=["dense"], crs=[])
+    assert result.text_rows[0].nll == pytest.approx(nll, rel=1e-4)
+
+
+def test_rule_based_masks_are_exact_whatever_the_chunk(model) -> None:
+    kw = dict(lengths=[200], policies=["window"], crs=[4])
+    whole = rows_by_policy(evaluate_text(model, model.tokenizer, TEXT, chunk=512, **kw))
+    tokenwise = rows_by_policy(evaluate_text(model, model.tokenizer, TEXT, chunk=1, **kw))
+    assert tokenwise["window"].nll == pytest.approx(whole["window"].nll, rel=1e-5)
+    assert tokenwise["window"].kl == pytest.approx(whole["window"].kl, rel=1e-3, abs=1e-6)
+
+
+def test_short_texts_are_scored_whole_and_dms_needs_a_dms_model(model) -> None:
+    result = evaluate_text(
+        model, model.tokenizer, TEXT, lengths=[10**6], policies=["dms", "window"], crs=[2]
+    )
+    assert [r.policy for r in result.text_rows] == ["window"]
+    assert result.text_rows[0].length == len(model.tokenizer.encode(TEXT))
+    assert any("scores it whole" in n for n in result.notes)
+    assert any("dms skipped" in n for n in result.notes)
+    with pytest.raises(ConfigError, match="fewer than 2 tokens"):
+        evaluate_text(model, model.tokenizer, "", lengths=[100], policies=["dense"], crs=[])
+
+
+def test_dms_model_text_mode() -> None:
+    dms = tiny_eval_model(dms=True, window=8)
+    rows = rows_by_policy(
+        evaluate_text(dms, dms.tokenizer, TEXT, lengths=[256], policies=["dms"], crs=[])
+    )
+    assert set(rows) == {"dms"} and rows["dms"].achieved_cr > 1.2 and rows["dms"].kl > 0
