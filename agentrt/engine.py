@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from agentrt.errors import BudgetError, SessionError
+from agentrt.errors import AgentRTError, BudgetError, SessionError
 from agentrt.memory import SwapManager
 from agentrt.persistence import AutosavePolicy, Persistence
 from agentrt.sampling import SamplingParams, sample_token
@@ -130,8 +130,13 @@ class Engine:
         with self._lock:
             self._check_open()
             for s in self.sessions.values():
-                if name_or_id in (s.name, s.id, s.db_id):
+                if name_or_id in (s.id, s.db_id) or (s.name == name_or_id and s.db_id is not None):
                     return s
+                if s.name == name_or_id:
+                    raise SessionError(
+                        f"an unsaved session named {name_or_id!r} is open in this engine",
+                        hint="close or rename it before opening the saved one",
+                    )
             info, loaded = self.persistence.load(name_or_id)
             try:
                 need = sum(
@@ -170,12 +175,12 @@ class Engine:
         with self._lock:
             if session.active is not None:
                 raise SessionError(f"session {session.name!r} is busy; save it between calls")
-            self.swap.ensure_resident(session)
+            self._require_resident(session)
             return self.persistence.save(session)
 
     def _fork(self, parent: Session, name: str | None) -> Session:
         with self._lock:
-            self.swap.ensure_resident(parent)
+            self._require_resident(parent)
             child = self.new_session(name, seed=None, pinned=False)
             child.cache.free()
             child.cache = parent.cache.fork()
@@ -185,10 +190,24 @@ class Engine:
             child.generator.set_state(parent.generator.get_state())
             return child
 
+    def _require_resident(self, session: Session) -> None:
+        """Bring a swapped session back or raise BudgetError (and refuse broken sessions)."""
+        session.check_usable()
+        if not self.swap.ensure_resident(session):
+            need = self.swap.blocks_to_restore(session)
+            raise BudgetError(
+                f"session {session.name!r} needs {need} free KV blocks to come back into the pool, "
+                f"but only {self.pool.num_free} of {self.pool.num_blocks} can be freed "
+                "(the rest are held by pinned or busy sessions)",
+                hint="unpin or close other sessions, or raise kv_budget",
+            )
+
     def _close_session(self, session: Session) -> None:
         with self._lock:
             if session.closed:
                 return
+            if session.active is not None:  # a stream still open: stop it first
+                self._finish(session.active, "cancelled")
             if session.cache is not None:
                 session.cache.free()
                 session.cache = None
@@ -203,13 +222,18 @@ class Engine:
         with self._lock:
             if self.closed:
                 return
-            if self.autosave is not None and self.autosave.on_exit:
+            try:
+                if self.autosave is not None and self.autosave.on_exit:
+                    for s in list(self.sessions.values()):
+                        if s.dirty and s.active is None and s.error is None:
+                            try:
+                                self.save(s)
+                            except AgentRTError as err:  # one bad save must not keep the rest open
+                                log.error("could not save session %s on exit: %s", s.name, err)
+            finally:
                 for s in list(self.sessions.values()):
-                    if s.dirty and s.active is None:
-                        self.save(s)
-            for s in list(self.sessions.values()):
-                self._close_session(s)
-            self.closed = True
+                    self._close_session(s)
+                self.closed = True
 
     def _maybe_autosave(self, session: Session) -> None:
         """Save after a finished request when the autosave policy says so."""
@@ -229,7 +253,11 @@ class Engine:
             )
         )
         if due:
-            self.save(session)
+            try:
+                self.save(session)
+            except AgentRTError as err:  # reported, never raised through another caller's step
+                log.error("autosave of session %s failed: %s", session.name, err)
+                session.autosave_error = err
             session.turns_since_save = 0
 
     def install_signal_handlers(self) -> None:
@@ -276,6 +304,8 @@ class Engine:
                 and self.tokenizer.eos_token_id is not None
             ):
                 stops.add(int(self.tokenizer.eos_token_id))
+            if params.seed is not None:  # a per-call seed makes this generation reproducible
+                session.generator.manual_seed(int(params.seed))
             req = Request(session, [], generate=True, max_new_tokens=params.max_new_tokens)
             req.payload.update(params=params, stops=stops, out=collections.deque(), text="")
             if session.pending_token is not None:
@@ -296,9 +326,10 @@ class Engine:
 
     def _submit(self, session: Session, feed: list[int], *, generate: bool) -> Request:
         with self._lock:
-            session.pending_token = None
             req = Request(session, list(feed), generate=generate)
             req.payload["out"] = collections.deque()
+            req.payload["lead"] = session.pending_token  # fed first; restored if nothing is fed
+            session.pending_token = None
             self._enqueue(session, req)
             return req
 
@@ -335,6 +366,9 @@ class Engine:
         if req.generate and req.pending:  # sampled but not fed: it leads the next call
             session.pending_token = req.pending[-1]
             req.pending.clear()
+        lead = req.payload.get("lead")
+        if not req.generate and lead is not None and req.payload.get("fed", 0) == 0:
+            session.pending_token = lead  # nothing was fed: the sampled token still leads
         if reason in ("done", "stop", "length"):
             self._maybe_autosave(session)
 
@@ -356,7 +390,11 @@ class Engine:
                 StepItem(it.request.session.cache, torch.tensor(it.tokens, dtype=torch.long))
                 for it in plan.items
             ]
-            logits = self.model.step(items, policy=self.policy)
+            try:
+                logits = self.model.step(items, policy=self.policy)
+            except BaseException as err:
+                self._break_sessions(plan, err)
+                raise
             self.scheduler.postprocess(plan)
             self._postprocess(plan, logits)
             seconds = time.perf_counter() - t0
@@ -371,6 +409,22 @@ class Engine:
                 c["steps"] += 1
                 c["step_seconds"] += seconds
             return self.telemetry.record_step(plan, seconds, self)
+
+    def _break_sessions(self, plan: StepPlan, err: BaseException) -> None:
+        """A forward failed part-way: the planned caches are half-advanced and cannot be trusted."""
+        for it in plan.items:
+            req, session = it.request, it.request.session
+            session.error = SessionError(
+                f"session {session.name!r} lost its KV state in a failed step "
+                f"({type(err).__name__}: {err})",
+                hint="close it and reopen it from its last checkpoint (engine.open_session)",
+            )
+            if session.cache is not None:
+                session.cache.free()
+                session.cache = None
+            req.error = session.error
+            self._finish(req, "error")
+        log.error("engine step failed for %d sessions: %s", len(plan.items), err)
 
     def expire_idle(self) -> int:
         """Swap out sessions idle longer than `idle_ttl` (unpinned, no request); returns how many."""
@@ -420,23 +474,35 @@ class Engine:
             f"session {session.name!r} needs {need} KV blocks ({need * self.pool.bytes_per_block} bytes) "
             f"for its next {n} tokens but the pool has {self.pool.num_blocks} blocks in all "
             f"({self.pool.num_free} free, the rest held by pinned or busy sessions)",
-            hint="raise kv_budget, lower the prefill chunk, unpin sessions or close some",
+            hint="raise kv_budget, lower the prefill chunk, unpin sessions or close some"
+            + (
+                f"; {req.payload.get('fed', 0)} tokens of this call were already fed and stay "
+                "in the session"
+                if req.payload.get("fed")
+                else ""
+            ),
         )
         self._finish(req, "error")
 
     def _postprocess(self, plan: StepPlan, logits: list[torch.Tensor]) -> None:
         for item, out in zip(plan.items, logits, strict=True):
             req, session = item.request, item.request.session
-            session.tokens.extend(item.tokens)
+            session.tokens.extend(item.tokens)  # the cache has them, whatever happens next
+            req.payload["fed"] = req.payload.get("fed", 0) + len(item.tokens)
             session.last_logits = out.float().cpu()
             session.last_used = time.monotonic()
             if not item.completes_feed:
                 continue
-            if not req.generate:
-                req.payload["logits"] = session.last_logits
-                self._finish(req, "done")
-            else:
-                self._sample_into(req, session.last_logits)
+            try:
+                if not req.generate:
+                    req.payload["logits"] = session.last_logits
+                    self._finish(req, "done")
+                else:
+                    self._sample_into(req, session.last_logits)
+            except Exception as err:  # noqa: BLE001 - fail this request only, not the batch
+                req.error = err
+                if not req.finished:
+                    self._finish(req, "error")
 
     def _sample_into(self, req: Request, logits: torch.Tensor) -> None:
         """Sample the next token of a generate request and decide whether to stop."""

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from agentrt.errors import SessionError
+
 log = logging.getLogger(__name__)
 
 
@@ -62,6 +64,8 @@ class SwapManager:
         record: SwapRecord | None = session.swapped
         if session.cache is not None:
             return True
+        if record is None:
+            raise SessionError(f"session {session.name!r} has no KV state (closed or lost)")
         pool = self.engine.pool
         guard = set(protected or ()) | {session.id}
         while pool.num_free - reserved < record.blocks:

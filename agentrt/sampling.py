@@ -8,6 +8,9 @@ import torch
 
 from agentrt.errors import ConfigError
 
+# Below this, logits / T overflows; such temperatures are greedy in every practical sense.
+MIN_TEMPERATURE = 1e-5
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -29,7 +32,7 @@ class SamplingParams:
         problems = []
         if self.max_new_tokens < 0:
             problems.append(f"max_new_tokens={self.max_new_tokens} must be ≥ 0")
-        if self.temperature < 0:
+        if not self.temperature >= 0:  # also rejects NaN
             problems.append(f"temperature={self.temperature} must be ≥ 0")
         if not 0 < self.top_p <= 1:
             problems.append(f"top_p={self.top_p} must be in (0, 1]")
@@ -47,7 +50,7 @@ class SamplingParams:
     @property
     def greedy(self) -> bool:
         """True when sampling reduces to argmax."""
-        return self.temperature == 0 or self.top_k == 1
+        return self.temperature < MIN_TEMPERATURE or self.top_k == 1
 
 
 def apply_repetition_penalty(

@@ -79,11 +79,15 @@ ReserveFn = Callable[[Request, int], bool]
 
 
 class Scheduler:
-    """FIFO request queue; decode tokens first, then prefill chunks up to the budgets."""
+    """Decode tokens first (decoders rotate when capped), then prefill chunks in FIFO order.
+
+    While a prefill waits it always gets a session slot, so neither side can starve the other.
+    """
 
     def __init__(self, config: SchedulerConfig | None = None) -> None:
         self.config = config or SchedulerConfig()
         self.waiting: list[Request] = []
+        self._turn = 0  # rotation offset among decoders
 
     def add(self, request: Request) -> None:
         """Queue a request (one active request per session; the engine enforces it)."""
@@ -107,6 +111,13 @@ class Scheduler:
         ready = [r for r in self.waiting if r.pending and not r.finished]
         decodes = [r for r in ready if r.decode_phase]
         prefills = [r for r in ready if not r.decode_phase]
+        if decodes:  # rotate, so decoders beyond the caps take turns instead of starving
+            k = self._turn % len(decodes)
+            decodes = decodes[k:] + decodes[:k]
+        self._turn += 1
+        # while a prefill waits, decoders leave it one session slot and one token of budget
+        hold = 1 if prefills and cfg.max_sessions_per_step > 1 and budget > 1 else 0
+        decodes = decodes[: cfg.max_sessions_per_step - hold][: budget - hold]
         for req in decodes + prefills:
             if len(plan.items) >= cfg.max_sessions_per_step or budget <= 0:
                 break

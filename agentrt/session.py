@@ -11,12 +11,28 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from agentrt.errors import SessionError
+from agentrt.errors import ConfigError, SessionError
 from agentrt.sampling import SamplingParams, new_generator
 
 if TYPE_CHECKING:
     from agentrt.dms.session_cache import SessionCache
     from agentrt.engine import Engine
+
+
+def _sampling_params(
+    max_new_tokens: int | None, params: SamplingParams | None, sampling: dict[str, Any]
+) -> SamplingParams:
+    """SamplingParams from either a ready object or keyword options (never both)."""
+    if params is not None:
+        if max_new_tokens is not None or sampling:
+            raise ConfigError(
+                "pass either params= or max_new_tokens/sampling keywords, not both",
+                hint="use dataclasses.replace(params, ...) to change a SamplingParams",
+            )
+        return params
+    return SamplingParams(
+        max_new_tokens=256 if max_new_tokens is None else max_new_tokens, **sampling
+    )
 
 
 class TokenStream:
@@ -94,6 +110,8 @@ class Session:
         self.saved_tokens = 0  # tokens covered by the last checkpoint
         self.saved_at = time.monotonic()
         self.turns_since_save = 0
+        self.error: Exception | None = None  # set when a failed step left the cache unusable
+        self.autosave_error: Exception | None = None  # the last autosave failure, if any
         # telemetry: tokens this session fed, and the time of the steps it took part in
         self.counters = {"prefill_tokens": 0, "decode_tokens": 0, "steps": 0, "step_seconds": 0.0}
         self._guard = threading.Lock()
@@ -108,9 +126,15 @@ class Session:
         return len(self.tokens) != self.saved_tokens
 
     # -- single writer -----------------------------------------------------------------
-    def _acquire(self) -> None:
+    def check_usable(self) -> None:
+        """Raise SessionError when the session is closed or lost its state in a failed step."""
         if self.closed:
             raise SessionError(f"session {self.name!r} is closed")
+        if self.error is not None:
+            raise self.error
+
+    def _acquire(self) -> None:
+        self.check_usable()
         if not self._guard.acquire(blocking=False):
             raise SessionError(
                 f"session {self.name!r} is already in use by another caller",
@@ -136,10 +160,17 @@ class Session:
             self._release()
 
     def generate(
-        self, max_new_tokens: int = 256, *, params: SamplingParams | None = None, **sampling: Any
+        self,
+        max_new_tokens: int | None = None,
+        *,
+        params: SamplingParams | None = None,
+        **sampling: Any,
     ) -> TokenStream:
-        """Start generating now; iterate the returned stream for token ids (stop any time)."""
-        params = params or SamplingParams(max_new_tokens=max_new_tokens, **sampling)
+        """Start generating now; iterate the returned stream for token ids (stop any time).
+
+        Pass either `params` or keyword sampling options (default 256 new tokens), not both.
+        """
+        params = _sampling_params(max_new_tokens, params, sampling)
         self._acquire()
         try:
             req = self.engine._start_generate(self, params)
@@ -149,7 +180,11 @@ class Session:
         return TokenStream(self.engine, req, self._release)
 
     def generate_text(
-        self, max_new_tokens: int = 256, *, params: SamplingParams | None = None, **sampling: Any
+        self,
+        max_new_tokens: int | None = None,
+        *,
+        params: SamplingParams | None = None,
+        **sampling: Any,
     ) -> Iterator[str]:
         """Like generate, but yields text deltas (never half a UTF-8 character)."""
         from agentrt.detokenize import IncrementalDetokenizer
@@ -167,7 +202,11 @@ class Session:
             yield rest
 
     async def agenerate(
-        self, max_new_tokens: int = 256, *, params: SamplingParams | None = None, **sampling: Any
+        self,
+        max_new_tokens: int | None = None,
+        *,
+        params: SamplingParams | None = None,
+        **sampling: Any,
     ) -> AsyncIterator[int]:
         """Async variant of generate: each engine step runs in a worker thread."""
         it = self.generate(max_new_tokens, params=params, **sampling)

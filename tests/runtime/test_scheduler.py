@@ -100,3 +100,20 @@ def test_request_repr_has_no_token_ids():
     """Logs never show token ids."""
     r = _req("a", 3)
     assert "[0, 1, 2]" not in repr(r)
+
+
+def test_capped_decoders_take_turns_and_prefill_is_never_starved():
+    """With room for two sessions, two perpetual decoders and a prompt all make progress."""
+    sched = Scheduler(SchedulerConfig(max_sessions_per_step=2, prefill_chunk=2))
+    d1, d2, doc = _req("d1", 1, decode=True), _req("d2", 1, decode=True), _req("doc", 8)
+    for r in (d1, d2, doc):
+        sched.add(r)
+    served = {"d1": 0, "d2": 0, "doc": 0}
+    for _ in range(4):
+        plan = sched.schedule(lambda r, n: True)
+        for it in plan.items:
+            served[it.request.session] += 1
+        sched.postprocess(plan)
+        d1.pending, d2.pending = [0], [0]  # decoders always have a next token
+    assert served["doc"] == 4 and not doc.pending
+    assert served["d1"] == 2 and served["d2"] == 2
