@@ -137,36 +137,7 @@ class Engine:
                         f"an unsaved session named {name_or_id!r} is open in this engine",
                         hint="close or rename it before opening the saved one",
                     )
-            info, loaded = self.persistence.load(name_or_id)
-            try:
-                need = sum(
-                    -(-int(n) // self.pool.block_size)
-                    for k, t in loaded.state.items()
-                    if k.endswith(".lens")
-                    for n in t.tolist()
-                )
-                while self.pool.num_free < need and self.swap.evict_one(set()):
-                    pass
-                from agentrt.sessions import restore_cache
-
-                cache = restore_cache(loaded.state, self.pool, window=self.window)
-            except BaseException:
-                self.persistence.unlock(info.id)
-                raise
-            seed = loaded.metadata.get("seed")
-            session = Session(
-                self, info.name, seed=int(seed) if seed not in (None, "None") else None
-            )
-            session.db_id = info.id
-            session.cache = cache
-            session.tokens = list(loaded.token_ids)
-            if "rng_state" in loaded.extra:
-                session.generator.set_state(loaded.extra["rng_state"])
-            if "last_logits" in loaded.extra:
-                session.last_logits = loaded.extra["last_logits"].float()
-            if "pending_token" in loaded.extra:
-                session.pending_token = int(loaded.extra["pending_token"][0])
-            session.saved_tokens = len(session.tokens)
+            session = self.persistence.open(name_or_id)
             self.sessions[session.id] = session
             return session
 
@@ -236,29 +207,9 @@ class Engine:
                 self.closed = True
 
     def _maybe_autosave(self, session: Session) -> None:
-        """Save after a finished request when the autosave policy says so."""
-        policy = self.autosave
-        if policy is None or session.closed or session.active is not None or not session.dirty:
-            return
-        session.turns_since_save += 1
-        due = (
-            (
-                policy.every_tokens is not None
-                and len(session.tokens) - session.saved_tokens >= policy.every_tokens
-            )
-            or (policy.every_turns is not None and session.turns_since_save >= policy.every_turns)
-            or (
-                policy.every_seconds is not None
-                and time.monotonic() - session.saved_at >= policy.every_seconds
-            )
-        )
-        if due:
-            try:
-                self.save(session)
-            except AgentRTError as err:  # reported, never raised through another caller's step
-                log.error("autosave of session %s failed: %s", session.name, err)
-                session.autosave_error = err
-            session.turns_since_save = 0
+        """Save after a finished request when the autosave policy says so (errors are logged)."""
+        if self.autosave is not None:
+            self.persistence.maybe_autosave(session, self.autosave)
 
     def install_signal_handlers(self) -> None:
         """On SIGINT/SIGTERM: save dirty sessions (autosave.on_exit), close, then exit."""

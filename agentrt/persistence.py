@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from agentrt.errors import CheckpointError, SessionError
+from agentrt.errors import AgentRTError, CheckpointError, SessionError
 
 log = logging.getLogger(__name__)
 
@@ -182,3 +182,61 @@ class Persistence:
                 store.mark_checkpoint_missing(ckpt.id)
             raise
         return info, loaded
+
+    def open(self, name_or_id: str) -> Any:
+        """Restore a catalogued session into the engine's pool (evicting idle ones to fit)."""
+        from agentrt.session import Session
+        from agentrt.sessions import restore_cache
+
+        engine = self.engine
+        info, loaded = self.load(name_or_id)
+        try:
+            bs = engine.pool.block_size
+            need = sum(
+                -(-int(n) // bs)
+                for k, t in loaded.state.items()
+                if k.endswith(".lens")
+                for n in t.tolist()
+            )
+            while engine.pool.num_free < need and engine.swap.evict_one(set()):
+                pass
+            cache = restore_cache(loaded.state, engine.pool, window=engine.window)
+        except BaseException:
+            self.unlock(info.id)
+            raise
+        seed = loaded.metadata.get("seed")
+        session = Session(engine, info.name, seed=int(seed) if seed not in (None, "None") else None)
+        session.db_id = info.id
+        session.cache = cache
+        session.tokens = list(loaded.token_ids)
+        if "rng_state" in loaded.extra:
+            session.generator.set_state(loaded.extra["rng_state"])
+        if "last_logits" in loaded.extra:
+            session.last_logits = loaded.extra["last_logits"].float()
+        if "pending_token" in loaded.extra:
+            session.pending_token = int(loaded.extra["pending_token"][0])
+        session.saved_tokens = len(session.tokens)
+        return session
+
+    def maybe_autosave(self, session: Any, policy: AutosavePolicy) -> None:
+        """Save a session after a finished request when `policy` says it is due."""
+        if session.closed or session.active is not None or not session.dirty:
+            return
+        session.turns_since_save += 1
+        unsaved = len(session.tokens) - session.saved_tokens
+        due = (
+            (policy.every_tokens is not None and unsaved >= policy.every_tokens)
+            or (policy.every_turns is not None and session.turns_since_save >= policy.every_turns)
+            or (
+                policy.every_seconds is not None
+                and time.monotonic() - session.saved_at >= policy.every_seconds
+            )
+        )
+        if not due:
+            return
+        try:
+            self.engine.save(session)
+        except AgentRTError as err:  # reported, never raised through another caller's step
+            log.error("autosave of session %s failed: %s", session.name, err)
+            session.autosave_error = err
+        session.turns_since_save = 0
