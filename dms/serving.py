@@ -187,6 +187,10 @@ def _plan(items, layer_idx, dec, starts, lengths, window):
     new_expiry = torch.full(dec_cpu.shape, KEEP, dtype=torch.int32)  # a decode token's flag is owed
     offset = 0
     for it, start, n in zip(items, starts, lengths, strict=True):
+        if n == 1:  # decode: the token's own flag is owed, its δ settles the previous token
+            plans.append(it.cache.plan_decode(layer_idx, start, dec_cpu[offset].tolist()))
+            offset += 1
+            continue
         chunk = dec_cpu[offset : offset + n]  # [n, H_kv] δ of the new tokens
         flags = key_flags(chunk[None])[0]  # e_j = δ_{j+1}; the last one is owed
         plans.append(it.cache.plan_layer(layer_idx, start, flags, chunk[0]))

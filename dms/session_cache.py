@@ -135,8 +135,7 @@ class SessionCache:
         plan = LayerPlan()
         num_new = flags.shape[0]
         if num_new == 1:
-            self._plan_one(layer, start, first.tolist(), plan)
-            return plan
+            return self.plan_decode(layer, start, first.tolist())
         w, ring = self.window, self.ring_len
         last = start + num_new - 1  # the position of the last query of this step
         flags_l = flags.tolist()
@@ -183,35 +182,49 @@ class SessionCache:
             self.lens[layer][h] = new_len
         return plan
 
-    def _plan_one(self, layer: int, start: int, first: list[bool], plan: LayerPlan) -> None:
+    def plan_decode(self, layer: int, start: int, first: list[bool]) -> LayerPlan:
         """plan_layer for one new token (decode), without the general chunk bookkeeping.
 
         With one token the only window token that can leave is p = start − W (same ring
         index as the new token); if it is marked, the new token takes its slot.
         """
+        plan = LayerPlan()
         w, ring = self.window, self.ring_len
-        slots = self.ring_slot[layer].numpy()  # [H, W] views: numpy scalar access is cheap
+        bs = self.pool.block_size
+        slots = self.ring_slot[layer].numpy()  # [H, W] views: numpy access is cheap
         marks = self.ring_flag[layer].numpy()
         r_prev, r_new = (start - 1) % ring, start % ring
-        lens = self.lens[layer]
-        for h in range(self.num_kv_heads):
-            if start > 0 and first[h]:
-                marks[h, r_prev] = True
-                plan.flag_slots.append(self._writable(layer, h, int(slots[h, r_prev])))
-                plan.flag_values.append(start - 1 + w)
-            if start >= ring and marks[h, r_new]:
+        heads = range(self.num_kv_heads)
+        if start > 0:  # the owed decision of token start − 1 arrives with this token
+            for h in heads:
+                if first[h]:
+                    marks[h, r_prev] = True
+                    plan.flag_slots.append(self._writable(layer, h, int(slots[h, r_prev])))
+                    plan.flag_values.append(start - 1 + w)
+        leaving = marks[:, r_new].tolist() if start >= ring else [False] * self.num_kv_heads
+        lens, streams = self.lens[layer], self.blocks[layer]
+        chosen = []
+        for h in heads:
+            if leaving[h]:
                 slot = int(slots[h, r_new])  # the marked token leaving the window frees its slot
             else:
                 slot = lens[h]
-                self._grow(layer, h, slot + 1)
                 lens[h] = slot + 1
-            plan.write_slots.append(self._writable(layer, h, slot))
-            plan.write_tokens.append(0)
-            plan.write_heads.append(h)
-            plan.write_expiry.append(KEEP_FOREVER)  # its flag is owed
-            plan.write_pos.append(start)
-            slots[h, r_new] = slot
-            marks[h, r_new] = False
+                if slot == len(streams[h]) * bs:
+                    streams[h].extend(self.pool.allocate(1))
+            chosen.append(slot)
+            if self.forked:
+                plan.write_slots.append(self._writable(layer, h, slot))
+            else:  # nothing can be shared without a fork: skip the copy-on-write check
+                plan.write_slots.append(streams[h][slot // bs] * bs + slot % bs)
+        slots[:, r_new] = chosen
+        marks[:, r_new] = False
+        n = self.num_kv_heads
+        plan.write_tokens.extend([0] * n)
+        plan.write_heads.extend(heads)
+        plan.write_expiry.extend([KEEP_FOREVER] * n)  # its own flag is owed
+        plan.write_pos.extend([start] * n)
+        return plan
 
     def _compact(self, layer: int, head: int, n: int, holes: list[int], plan: LayerPlan) -> int:
         """Plan moves of live tail slots into `holes` (of n slots); returns the new length."""
