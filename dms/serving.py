@@ -194,11 +194,10 @@ def _plan(items, layer_idx, dec, starts, lengths, window):
         chunk = dec_cpu[offset : offset + n]  # [n, H_kv] δ of the new tokens
         flags = key_flags(chunk[None])[0]  # e_j = δ_{j+1}; the last one is owed
         plans.append(it.cache.plan_layer(layer_idx, start, flags, chunk[0]))
-        if n > 1:
-            pos = torch.arange(start, start + n, dtype=torch.int32)[:, None]
-            new_expiry[offset : offset + n] = torch.where(
-                flags, pos + window, new_expiry[offset : offset + n]
-            )
+        pos = torch.arange(start, start + n, dtype=torch.int32)[:, None]
+        new_expiry[offset : offset + n] = torch.where(
+            flags, pos + window, new_expiry[offset : offset + n]
+        )
         offset += n
     return plans, new_expiry.to(dec.device)
 
