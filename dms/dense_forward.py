@@ -34,10 +34,11 @@ class ReferenceOutput:
 
 
 # A mask builder gets (decision logits [B, T, H_kv] or None, T, device) and returns an
-# SDPA attn_mask broadcastable to [B, H_q, T, T] (bool: True = attend; float: additive),
+# SDPA attn_mask broadcastable to [B, H_q, T, T] (bool: True = attend; float: additive;
+# None = plain causal, run on the fused SDPA path),
 # plus the layer's decisions to report.
 MaskFn = Callable[
-    [torch.Tensor | None, int, torch.device], tuple[torch.Tensor, torch.Tensor | None]
+    [torch.Tensor | None, int, torch.device], tuple[torch.Tensor | None, torch.Tensor | None]
 ]
 
 
@@ -73,18 +74,25 @@ def dense_forward(
         qkv = project_layer(layer, h, cos, sin, arch, dms)
         mask, dec = mask_fn(qkv.logits, seq, h.device)
         decisions.append(dec)
+        if mask is None and pad is not None:
+            mask = causal_mask(seq, h.device)
         if pad is not None:
             mask = mask & pad if mask.dtype == torch.bool else mask.masked_fill(~pad, float("-inf"))
         q = qkv.q.transpose(1, 2)  # [B, H_q, T, d]
         k = qkv.k.transpose(1, 2).repeat_interleave(arch.group_size, dim=1)
         v = qkv.v.transpose(1, 2).repeat_interleave(arch.group_size, dim=1)
-        out = F.scaled_dot_product_attention(
-            q,
-            k,
-            v,
-            attn_mask=mask.to(q.dtype) if mask.dtype != torch.bool else mask,
-            scale=layer.self_attn.scaling,
-        )
+        if mask is None:  # plain causal: the fused (flash) SDPA path, no [T, T] mask in memory
+            out = F.scaled_dot_product_attention(
+                q, k, v, is_causal=True, scale=layer.self_attn.scaling
+            )
+        else:
+            out = F.scaled_dot_product_attention(
+                q,
+                k,
+                v,
+                attn_mask=mask.to(q.dtype) if mask.dtype != torch.bool else mask,
+                scale=layer.self_attn.scaling,
+            )
         h = finish_layer(layer, h, out.transpose(1, 2).reshape(bsz, seq, -1))
     return lm_logits(hf_model, h), decisions
 
@@ -99,7 +107,7 @@ def reference_mask_fn(arch: ArchSpec, dms: DMSConfig | None) -> MaskFn:
 
     def build(logits: torch.Tensor | None, seq: int, device: torch.device):
         if logits is None or dms is None or dms.disable_eviction:
-            return causal_mask(seq, device), None
+            return None, None  # plain causal
         dec = hard_decisions(logits)  # [B, T, H_kv]
         mask = visibility_mask(dec, dms.window_size)
         return expand_to_query_heads(mask, arch.group_size), dec
@@ -114,7 +122,7 @@ def train_mask_fn(
 
     def build(logits: torch.Tensor | None, seq: int, device: torch.device):
         if teacher or logits is None or dms is None or dms.disable_eviction:
-            return causal_mask(seq, device), None
+            return None, None  # plain causal
         noise = None
         if generator is not None:
             noise = logistic_noise(tuple(logits.shape), generator, logits.device)
