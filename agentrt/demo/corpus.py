@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,12 +32,25 @@ def approx_counter(messages: list[dict[str, Any]], tools: list[dict] | None) -> 
     return chars // 4
 
 
+def sample_length(rng: random.Random, lo: int, hi: int, dist: str = "uniform") -> int:
+    """A prompt length in [lo, hi]: uniform, or log-uniform (short documents more often)."""
+    hi = max(lo, hi)
+    if dist == "loguniform":
+        return min(hi, int(round(math.exp(rng.uniform(math.log(lo), math.log(hi))))))
+    return rng.randint(lo, hi)
+
+
 def sample_item(
-    rng: random.Random, count: TokenCounter, *, min_length: int, max_length: int
+    rng: random.Random,
+    count: TokenCounter,
+    *,
+    min_length: int,
+    max_length: int,
+    length_dist: str = "uniform",
 ) -> Item:
-    """A training item: uniform task, uniform prompt length in [min_length, max_length]."""
+    """A training item: uniform task, prompt length in [min_length, max_length] (`length_dist`)."""
     task = rng.choice(sorted(TASKS))
-    length = rng.randint(min_length, max(min_length, max_length))
+    length = sample_length(rng, min_length, max_length, length_dist)
     seed = item_seed(rng.getrandbits(63), task, length, 0, split="train")
     for _ in range(8):
         try:
@@ -71,24 +85,50 @@ def training_block(
     context: int,
     min_length: int = 128,
     loss_on: str = "all",
+    length_dist: str = "uniform",
 ) -> tuple[list[int], list[int]]:
     """(input ids [context], labels [context]) of block `index`: a pure function of its arguments.
 
     Whole documents are packed while at least min_length + reserve tokens remain (reserve =
     min(192, context / 4), room for the reply); a document that does not fit is skipped
     (an empty block draws again), the rest is padding (label −100). loss_on="assistant"
-    also masks every prompt token.
+    also masks every prompt token; length_dist="loguniform" packs more, shorter documents.
     """
+    ids, labels, prompt = training_block_parts(
+        tokenizer,
+        seed=seed,
+        index=index,
+        context=context,
+        min_length=min_length,
+        length_dist=length_dist,
+    )
+    if loss_on == "assistant":
+        labels = [-100 if p else lab for lab, p in zip(labels, prompt, strict=True)]
+    return ids, labels
+
+
+def training_block_parts(
+    tokenizer: Any,
+    *,
+    seed: int,
+    index: int,
+    context: int,
+    min_length: int = 128,
+    length_dist: str = "uniform",
+) -> tuple[list[int], list[int], list[bool]]:
+    """`training_block` with every label kept, plus a flag per position: True = prompt token."""
     rng = random.Random(f"pretrain/{seed}/{index}")
     count = token_counter(tokenizer)
     pad = int(tokenizer.convert_tokens_to_ids(DOC_END))
     reserve = min(REPLY_RESERVE, context // 4)
     ids: list[int] = []
-    labels: list[int] = []
+    prompt: list[bool] = []
     misses = 0
     while context - len(ids) >= min_length + reserve:
         room = context - len(ids) - reserve
-        item = sample_item(rng, count, min_length=min_length, max_length=room)
+        item = sample_item(
+            rng, count, min_length=min_length, max_length=room, length_dist=length_dist
+        )
         doc, prompt_len = document_ids(tokenizer, item)
         if len(ids) + len(doc) > context:
             misses += 1
@@ -101,13 +141,11 @@ def training_block(
                 hint="use a longer context or a smaller min_length",
             )
         ids.extend(doc)
-        if loss_on == "assistant":
-            labels.extend([-100] * prompt_len + doc[prompt_len:])
-        else:
-            labels.extend(doc)
-    labels.extend([-100] * (context - len(ids)))
+        prompt.extend([True] * prompt_len + [False] * (len(doc) - prompt_len))
+    labels = list(ids) + [-100] * (context - len(ids))
+    prompt.extend([False] * (context - len(ids)))
     ids.extend([pad] * (context - len(ids)))
-    return ids, labels
+    return ids, labels, prompt
 
 
 def write_jsonl(

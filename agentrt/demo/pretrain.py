@@ -10,6 +10,7 @@ pure function of (seed, step), whatever `--workers` is.
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -20,7 +21,7 @@ from typing import Any
 
 import torch
 
-from agentrt.demo.corpus import DOC_END, training_block
+from agentrt.demo.corpus import DOC_END, training_block_parts
 from agentrt.errors import ConfigError
 
 HELDOUT_OFFSET = 10**9  # block indices of the held-out loss (never trained on)
@@ -39,7 +40,9 @@ class PretrainConfig:
     weight_decay: float = 0.1
     seed: int = 0
     device: str = "auto"
-    loss_on: str = "all"  # all | assistant (mask prompt tokens)
+    prompt_weight: float = 1.0  # loss weight of prompt tokens (replies: 1; 0 = replies only)
+    length_dist: str = "uniform"  # uniform | loguniform prompt lengths
+    amp: str = "auto"  # auto (bf16 on CUDA) | bf16 | off
     min_length: int = 128  # shortest prompt sampled into a block
     hidden_size: int = 256
     layers: int = 6
@@ -50,11 +53,17 @@ class PretrainConfig:
     rope_theta: float = 10000.0
     vocab_size: int = 2048  # BPE merges target (plus specials)
     tokenizer: Path | None = None  # load this tokenizer instead of training one
+    init: Path | None = None  # continue from this model folder's weights (shape flags ignored)
     tokenizer_documents: int = 2000
     workers: int = 0  # DataLoader processes building blocks
     log_every: int = 50
     heldout_blocks: int = 8
     save_dtype: str = "float32"  # float32 | bfloat16
+    save_every: int = 0  # also write the folder every N steps (0: only at the end)
+    warm_steps: int = 0  # the first N of `steps` use short blocks (curriculum; 0 = off)
+    warm_context: int = 512  # tokens per block during the warm steps
+    warm_batch_size: int = 16  # blocks per warm step
+    time_budget: float = 0.0  # seconds: fit `steps` to this after a speed probe (0 = off)
 
     def __post_init__(self) -> None:
         problems = [
@@ -64,13 +73,37 @@ class PretrainConfig:
                 ("heads", 1), ("kv_heads", 1), ("head_dim", 16), ("hidden_size", 16),
                 ("intermediate_size", 1), ("vocab_size", 300), ("workers", 0), ("log_every", 1),
                 ("heldout_blocks", 0), ("min_length", 64), ("tokenizer_documents", 1),
+                ("save_every", 0), ("warm_steps", 0), ("warm_context", 64),
+                ("warm_batch_size", 1),
             )
             if getattr(self, k) < lo
         ]  # fmt: skip
         if self.heads % max(1, self.kv_heads):
             problems.append(f"heads={self.heads} must be a multiple of kv_heads={self.kv_heads}")
-        if self.loss_on not in ("all", "assistant"):
-            problems.append(f"loss_on={self.loss_on!r} must be 'all' or 'assistant'")
+        if not 0.0 <= self.prompt_weight <= 1.0:
+            problems.append(f"prompt_weight={self.prompt_weight} must be in [0, 1]")
+        if self.time_budget < 0:
+            problems.append(f"time_budget={self.time_budget} must be >= 0")
+        if self.time_budget and self.warm_steps:
+            problems.append("time_budget needs warm_steps=0 (the probe times one block shape)")
+        if self.time_budget and self.warmup < 3:
+            problems.append(
+                "time_budget needs warmup >= 3 (the probe's steps must be warm-up steps)"
+            )
+        for name, ctx in (("context", self.context), ("warm_context", self.warm_context)):
+            if name == "warm_context" and not self.warm_steps:
+                continue
+            if ctx < self.min_length + min(192, ctx // 4):
+                problems.append(
+                    f"{name}={ctx} cannot hold one document (min_length {self.min_length} "
+                    f"+ {min(192, ctx // 4)} tokens kept for the reply)"
+                )
+        if self.warm_steps > self.steps:
+            problems.append(f"warm_steps={self.warm_steps} must be <= steps={self.steps}")
+        if self.length_dist not in ("uniform", "loguniform"):
+            problems.append(f"length_dist={self.length_dist!r} must be uniform or loguniform")
+        if self.amp not in ("auto", "bf16", "off"):
+            problems.append(f"amp={self.amp!r} must be auto, bf16 or off")
         if self.save_dtype not in ("float32", "bfloat16"):
             problems.append(f"save_dtype={self.save_dtype!r} must be float32 or bfloat16")
         if not self.lr > 0:
@@ -81,8 +114,19 @@ class PretrainConfig:
             )
 
 
+SHAPE_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "num_key_value_heads",
+              "head_dim", "intermediate_size", "vocab_size", "max_position_embeddings")  # fmt: skip
+WARM_OFFSET = 5 * 10**8  # block indices of the warm (short-context) steps
+
+
 class BlockBatches(torch.utils.data.Dataset):
-    """Batch `step` = blocks step·B … step·B + B − 1 of the seeded recipe (ids, labels [B, T])."""
+    """Batch `step` of the seeded recipe: (ids [B, T], labels [B, T], loss weights [B, T]).
+
+    Warm steps (step < warm_steps) hold `warm_batch_size` blocks of `warm_context` tokens,
+    block indices WARM_OFFSET + step·B + r; later steps hold `batch_size` blocks of
+    `context` tokens, indices (step − warm_steps)·B + r. Prompt tokens weigh `prompt_weight`,
+    reply tokens 1, padding 0.
+    """
 
     def __init__(self, tokenizer: Any, cfg: PretrainConfig, offset: int = 0) -> None:
         self.tokenizer, self.cfg, self.offset = tokenizer, cfg, offset
@@ -90,22 +134,45 @@ class BlockBatches(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.cfg.steps
 
-    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def shape(self, step: int) -> tuple[int, int, int]:
+        """(blocks, context, first block index) of batch `step`."""
         cfg = self.cfg
+        if step < cfg.warm_steps:
+            return cfg.warm_batch_size, cfg.warm_context, WARM_OFFSET + step * cfg.warm_batch_size
+        return cfg.batch_size, cfg.context, (step - cfg.warm_steps) * cfg.batch_size
+
+    def __getitem__(self, step: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        cfg = self.cfg
+        blocks, context, first = self.shape(step)
         rows = [
-            training_block(
+            training_block_parts(
                 self.tokenizer,
                 seed=cfg.seed,
-                index=self.offset + step * cfg.batch_size + r,
-                context=cfg.context,
+                index=self.offset + first + r,
+                context=context,
                 min_length=cfg.min_length,
-                loss_on=cfg.loss_on,
+                length_dist=cfg.length_dist,
             )
-            for r in range(cfg.batch_size)
+            for r in range(blocks)
         ]
         ids = torch.tensor([r[0] for r in rows], dtype=torch.long)  # [B, T]
         labels = torch.tensor([r[1] for r in rows], dtype=torch.long)  # [B, T]
-        return ids, labels
+        prompt = torch.tensor([r[2] for r in rows], dtype=torch.bool)
+        weights = torch.where(prompt, cfg.prompt_weight, 1.0) * (labels != -100)
+        return ids, labels, weights
+
+
+def weighted_loss(model: Any, ids: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor):
+    """Next-token cross-entropy, each target weighted (weights [B, T] of the label positions)."""
+    logits = model(input_ids=ids).logits[:, :-1].float()
+    target, w = labels[:, 1:], weights[:, 1:].to(logits.dtype)
+    ce = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        target.reshape(-1),
+        ignore_index=-100,
+        reduction="none",
+    )
+    return (ce * w.reshape(-1)).sum() / w.sum().clamp(min=1e-6)
 
 
 def build_model(cfg: PretrainConfig, tokenizer: Any) -> Any:
@@ -128,6 +195,46 @@ def build_model(cfg: PretrainConfig, tokenizer: Any) -> Any:
         bos_token_id=None,
     )
     return AutoModelForCausalLM.from_config(hf_cfg, attn_implementation="sdpa")
+
+
+def load_init(cfg: PretrainConfig) -> Any:
+    """The fp32 model saved at cfg.init, its position limit raised to cfg.context if lower."""
+    from transformers import AutoModelForCausalLM
+
+    if not (Path(cfg.init) / "config.json").is_file():
+        raise ConfigError(f"--init {cfg.init} is not a model folder (no config.json)")
+    model = AutoModelForCausalLM.from_pretrained(
+        cfg.init, dtype=torch.float32, attn_implementation="sdpa"
+    )
+    model.config.max_position_embeddings = max(model.config.max_position_embeddings, cfg.context)
+    return model
+
+
+def check_vocab(model: Any, tok: Any) -> None:
+    """Refuse a tokenizer with ids beyond the model's embedding table (a wrong --tokenizer)."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tok) > rows:
+        raise ConfigError(
+            f"the tokenizer has {len(tok)} tokens but the --init model embeds only {rows}",
+            hint="drop --tokenizer to use the --init folder's own tokenizer",
+        )
+
+
+def use_autocast(cfg: PretrainConfig, device: torch.device) -> bool:
+    """Whether to run forward passes under bf16 autocast (auto: on CUDA only)."""
+    return cfg.amp == "bf16" or (cfg.amp == "auto" and device.type == "cuda")
+
+
+def probe_steps(cfg: PretrainConfig) -> int:
+    """Steps timed before a time budget fixes the total: within the warm-up, so the LR of
+    the probed steps does not depend on the total and `--steps N` reproduces the run."""
+    return max(3, min(20, cfg.warmup))
+
+
+def fit_steps(cfg: PretrainConfig, done: int, elapsed: float, seconds_per_step: float) -> int:
+    """Total steps that end the run within cfg.time_budget (at least `done`, at most cfg.steps)."""
+    left = max(0.0, cfg.time_budget - elapsed)
+    return max(done, min(cfg.steps, done + int(left / max(seconds_per_step, 1e-9))))
 
 
 def learning_rate(cfg: PretrainConfig, step: int) -> float:
@@ -160,9 +267,14 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True) -> dict[str, Any]:
         ("cpu" if cfg.device == "auto" else cfg.device)
     )  # fmt: skip
     cfg.out.mkdir(parents=True, exist_ok=True)
+    budget = cfg.time_budget
+    if cfg.init is not None and cfg.tokenizer is None:
+        cfg = dataclasses.replace(cfg, tokenizer=cfg.init)  # its own tokenizer
     tok = load_or_train_tokenizer(cfg)
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg, tok).to(device).train()
+    model = build_model(cfg, tok) if cfg.init is None else load_init(cfg)
+    check_vocab(model, tok)
+    model = model.to(device).train()
     decay = [p for p in model.parameters() if p.dim() >= 2]
     rest = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -173,22 +285,35 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True) -> dict[str, Any]:
         lr=cfg.lr,
         betas=(0.9, 0.95),
     )
-    autocast = device.type == "cuda"
+    autocast = use_autocast(cfg, device)
     loader = torch.utils.data.DataLoader(
         BlockBatches(tok, cfg), batch_size=None, shuffle=False, num_workers=cfg.workers
     )
     log_path = cfg.out / "pretrain_log.jsonl"
     start, tokens, loss_value = time.perf_counter(), 0, float("nan")
+    probe_start = start
     with (
         log_path.open("w") as log,
         tqdm(total=cfg.steps, desc="pretrain", disable=not progress) as bar,
     ):
-        for step, (ids, labels) in enumerate(loader):
+        for step, (ids, labels, weights) in enumerate(loader):
+            if step >= cfg.steps:
+                break
+            if cfg.time_budget and step == probe_steps(cfg):
+                timed = time.perf_counter() - probe_start
+                total = fit_steps(cfg, step, time.perf_counter() - start, timed / (step - 1))
+                cfg = dataclasses.replace(cfg, steps=total, time_budget=0.0)
+                bar.total = total
+                bar.refresh()
+                if step >= cfg.steps:
+                    break
+            if step == 1:
+                probe_start = time.perf_counter()  # step 0 pays one-off costs
             for group in opt.param_groups:
                 group["lr"] = learning_rate(cfg, step)
-            ids, labels = ids.to(device), labels.to(device)
+            ids, labels, weights = ids.to(device), labels.to(device), weights.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                loss = model(input_ids=ids, labels=labels).loss
+                loss = weighted_loss(model, ids, labels, weights)
             loss.backward()
             grad_norm = float(torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0))
             opt.step()
@@ -203,6 +328,10 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True) -> dict[str, Any]:
                        "grad_norm": grad_norm, "tokens": tokens, "elapsed_s": elapsed}  # fmt: skip
                 log.write(json.dumps(row) + "\n")
                 log.flush()
+            if cfg.save_every and (step + 1) % cfg.save_every == 0 and step + 1 < cfg.steps:
+                partial = {"steps": step + 1, "final_loss": loss_value, "partial": True}
+                save(model, tok, cfg, partial)
+                model.train()
     report = {
         "steps": cfg.steps,
         "final_loss": loss_value,
@@ -211,6 +340,8 @@ def pretrain(cfg: PretrainConfig, *, progress: bool = True) -> dict[str, Any]:
         "tokens": tokens,
         "seconds": time.perf_counter() - start,
         "device": str(device),
+        "time_budget": budget,  # the steps above were fitted to it (0: --steps as given)
+        "model_config": {k: getattr(model.config, k) for k in SHAPE_KEYS},
     }
     save(model, tok, cfg, report)
     return report
@@ -222,13 +353,13 @@ def heldout_loss(model: Any, tok: Any, cfg: PretrainConfig, device: torch.device
     if cfg.heldout_blocks == 0:
         return None
     model.eval()
-    held = dataclasses.replace(cfg, batch_size=1)
+    held = dataclasses.replace(cfg, batch_size=1, warm_steps=0)
     batches = BlockBatches(tok, held, offset=HELDOUT_OFFSET)
     losses = []
     for i in range(cfg.heldout_blocks):
-        ids, labels = batches[i]
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            losses.append(float(model(input_ids=ids.to(device), labels=labels.to(device)).loss))
+        ids, labels, weights = (t.to(device) for t in batches[i])
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_autocast(cfg, device)):
+            losses.append(float(weighted_loss(model, ids, labels, weights)))
     model.train()
     return sum(losses) / len(losses)
 
@@ -237,7 +368,7 @@ def save(model: Any, tok: Any, cfg: PretrainConfig, report: dict[str, Any]) -> N
     """Write the HF folder (weights in save_dtype, tokenizer, generation config) and the JSONs."""
     model.eval()
     if cfg.save_dtype == "bfloat16":
-        model.to(torch.bfloat16)
+        model = copy.deepcopy(model).to(torch.bfloat16)  # training may go on in fp32
     model.generation_config.eos_token_id = [
         tok.convert_tokens_to_ids("<|im_end|>"),
         tok.convert_tokens_to_ids(DOC_END),
@@ -259,6 +390,10 @@ def parse_args(argv: list[str] | None = None) -> PretrainConfig:
             parser.add_argument(flag, type=Path, required=True, help="output model folder")
         elif f.name == "tokenizer":
             parser.add_argument(flag, type=Path, default=None, help="load this tokenizer folder")
+        elif f.name == "init":
+            parser.add_argument(
+                flag, type=Path, default=None, help="continue from this model folder's weights"
+            )
         else:
             parser.add_argument(
                 flag, type=type(f.default), default=f.default, help=f"default {f.default}"

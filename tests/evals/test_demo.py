@@ -122,8 +122,13 @@ def test_documented_retrofit_step_gives_a_dms_model(pretrained: Path, tmp_path: 
 
 def test_pretrain_config_validation_and_schedule(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
-        PretrainConfig(out=tmp_path, steps=0, heads=3, kv_heads=2, loss_on="some", lr=0)
-    for part in ("steps=0", "multiple of kv_heads", "loss_on", "lr=0"):
+        PretrainConfig(
+            out=tmp_path, steps=0, heads=3, kv_heads=2, prompt_weight=2.0, lr=0,
+            length_dist="zipf", amp="fp8", warm_steps=5, warm_context=64, context=160,
+        )  # fmt: skip
+    for part in ("steps=0", "multiple of kv_heads", "prompt_weight", "lr=0", "length_dist",
+                 "amp=", "warm_steps=5", "warm_context=64 cannot hold",
+                 "context=160 cannot hold"):  # fmt: skip
         assert part in err.value.message, part
     cfg = PretrainConfig(out=tmp_path, steps=100, warmup=10, lr=1.0)
     lrs = [learning_rate(cfg, s) for s in range(100)]
@@ -137,7 +142,140 @@ def test_batches_do_not_depend_on_the_number_of_workers(tmp_path: Path) -> None:
     cfg = PretrainConfig(out=tmp_path, steps=3, context=384, batch_size=2, workers=2)
     data = BlockBatches(small_tokenizer(), cfg)
     loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=2)
-    for step, (ids, labels) in enumerate(loader):
-        direct_ids, direct_labels = data[step]
+    for step, (ids, labels, weights) in enumerate(loader):
+        direct_ids, direct_labels, direct_weights = data[step]
         assert ids.shape == (2, 384) and torch.equal(ids, direct_ids)
-        assert torch.equal(labels, direct_labels)
+        assert torch.equal(labels, direct_labels) and torch.equal(weights, direct_weights)
+
+
+def test_warm_steps_use_short_blocks_and_prompt_tokens_weigh_prompt_weight(tmp_path: Path) -> None:
+    from agentrt.demo.corpus import training_block_parts
+    from agentrt.demo.pretrain import WARM_OFFSET, BlockBatches
+
+    tok = small_tokenizer()
+    cfg = PretrainConfig(
+        out=tmp_path, steps=3, warm_steps=2, warm_context=384, warm_batch_size=3, context=512,
+        batch_size=1, prompt_weight=0.25, length_dist="loguniform",
+    )  # fmt: skip
+    data = BlockBatches(tok, cfg)
+    ids, labels, weights = data[1]
+    assert ids.shape == (3, 384)
+    ids2, labels2, prompt = training_block_parts(
+        tok, seed=0, index=WARM_OFFSET + 3, context=384, length_dist="loguniform"
+    )
+    assert ids[0].tolist() == ids2 and labels[0].tolist() == labels2
+    expected = [
+        0.0 if lab == -100 else (0.25 if p else 1.0) for lab, p in zip(labels2, prompt, strict=True)
+    ]
+    assert weights[0].tolist() == expected
+    assert 0 < sum(x == 1.0 for x in expected) < sum(x == 0.25 for x in expected)
+    assert data[2][0].shape == (1, 512)  # after the warm steps: the main context
+    replies_only, masked = training_block(tok, seed=0, index=WARM_OFFSET + 3, context=384,
+                                          length_dist="loguniform", loss_on="assistant")  # fmt: skip
+    assert replies_only == ids2
+    assert [m != -100 for m in masked] == [w == 1.0 for w in expected]
+
+
+def test_loguniform_lengths_favour_short_documents() -> None:
+    import random
+
+    from agentrt.demo.corpus import sample_length
+
+    rng = random.Random(0)
+    uni = [sample_length(rng, 128, 2048) for _ in range(2000)]
+    log = [sample_length(rng, 128, 2048, "loguniform") for _ in range(2000)]
+    assert min(log) >= 128 and max(log) <= 2048
+    assert sum(log) / len(log) < 0.7 * sum(uni) / len(uni)  # 692 vs 1088 expected
+
+
+def test_time_budget_fits_the_steps_and_the_written_config_reproduces_the_run(
+    tmp_path: Path,
+) -> None:
+    from agentrt.demo.pretrain import pretrain
+
+    tiny = dict(
+        context=384, batch_size=1, hidden_size=32, layers=1, heads=2, kv_heads=1, head_dim=16,
+        intermediate_size=32, warmup=3, lr=0.005, heldout_blocks=0, device="cpu",
+        tokenizer=None, vocab_size=512, tokenizer_documents=40, log_every=1,
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match="warmup >= 3"):
+        PretrainConfig(out=tmp_path, time_budget=5.0, **{**tiny, "warmup": 2})
+    budgeted = pretrain(
+        PretrainConfig(out=tmp_path / "a", steps=100_000, time_budget=2.0, **tiny), progress=False
+    )
+    steps = budgeted["steps"]
+    assert 3 <= steps < 100_000 and budgeted["time_budget"] == 2.0
+    written = json.loads((tmp_path / "a" / "pretrain_config.json").read_text())
+    assert written["steps"] == steps and written["time_budget"] == 0.0
+    again = pretrain(PretrainConfig(out=tmp_path / "b", steps=steps, **tiny), progress=False)
+    assert again["final_loss"] == budgeted["final_loss"]
+    with (
+        safe_open(str(tmp_path / "a" / "model.safetensors"), "pt") as fa,
+        safe_open(str(tmp_path / "b" / "model.safetensors"), "pt") as fb,
+    ):
+        for key in fa.keys():  # noqa: SIM118
+            assert torch.equal(fa.get_tensor(key), fb.get_tensor(key)), key
+
+
+def test_build_runs_every_stage_and_packs_one_tarball(tmp_path: Path) -> None:
+    import tarfile
+
+    from agentrt.demo.build import main as build_main
+
+    build_main(["--out", str(tmp_path), "--tiny", "--device", "cpu"])
+    report = json.loads((tmp_path / "build_report.json").read_text())
+    assert list(report["seconds"]) == ["tokenizer", "pretrain", "retrofit", "eval", "export"]
+    with pytest.raises(ConfigError, match="already holds base, dms, demo-model"):
+        build_main(["--out", str(tmp_path), "--tiny", "--device", "cpu"])
+    assert set(report["targets"]) == {
+        "dense_at_least_90", "dms_cr_at_least_7_5", "dms_within_3_points", "all"
+    }  # fmt: skip
+    policies = {r["policy"] for r in report["eval_rows"]}
+    assert policies == {"dense", "dms", "window"} and report["shipped_bytes"] < 2**20
+    with tarfile.open(tmp_path / "demo-model.tar.gz") as tar:
+        names = set(tar.getnames())
+        tar.extractall(tmp_path / "unpacked")  # noqa: S202  (our own archive)
+    assert {"eval.png", "build_report.json", "demo-model/model.safetensors"} <= names
+    model = load_model(tmp_path / "unpacked" / "demo-model")
+    assert model.evicting and model.dms.window_size == 16 and model.tokenizer is not None
+
+
+def test_targets_are_judged_per_task_at_the_longest_length() -> None:
+    from agentrt.demo.build import check_targets
+
+    def row(task: str, length: int, policy: str, acc: float, cr: float = 1.0) -> dict:
+        return {"task": task, "length": length, "policy": policy, "accuracy": acc,
+                "achieved_cr": cr}  # fmt: skip
+
+    rows = [row("niah", 1024, "dense", 0.96), row("niah", 4096, "dense", 0.92),
+            row("niah", 4096, "dms", 0.90, 8.1), row("niah", 1024, "dms", 0.5, 4.0)]  # fmt: skip
+    assert check_targets(rows)["all"]
+    assert not check_targets([*rows[:2], row("niah", 4096, "dms", 0.88, 8.1)])["all"]
+    assert not check_targets([*rows[:2], row("niah", 4096, "dms", 0.92, 7.4)])["all"]
+    assert not check_targets([row("niah", 1024, "dense", 0.89), *rows[1:]])["dense_at_least_90"]
+    vt = [row("vt", 1024, "dense", 0.95), row("vt", 4096, "dense", 0.95)]
+    missing = check_targets([*rows, *vt])  # vt has no dms row at the longest length
+    assert missing["dense_at_least_90"] and not missing["dms_within_3_points"]
+    assert not missing["dms_cr_at_least_7_5"] and not missing["all"]
+    stray = check_targets([*rows, row("qa", 4096, "dms", 1.0, 9.0)])  # no dense row for it
+    assert not stray["all"]
+
+
+def test_init_continues_from_saved_weights(pretrained: Path, tmp_path: Path) -> None:
+    from agentrt.demo.pretrain import pretrain
+
+    out = tmp_path / "more"
+    cfg = PretrainConfig(out=out, init=pretrained, steps=2, context=640, batch_size=1,
+                         warmup=1, lr=1e-9, heldout_blocks=0, device="cpu")  # fmt: skip
+    assert pretrain(cfg, progress=False)["steps"] == 2
+    with (
+        safe_open(str(pretrained / "model.safetensors"), "pt") as fa,
+        safe_open(str(out / "model.safetensors"), "pt") as fb,
+    ):
+        for key in fa.keys():  # noqa: SIM118  (lr 1e-9: the saved weights, not a fresh init)
+            assert torch.allclose(fa.get_tensor(key), fb.get_tensor(key), atol=1e-6), key
+    assert json.loads((out / "config.json").read_text())["max_position_embeddings"] == 640
+    assert (out / "tokenizer.json").read_text() == (pretrained / "tokenizer.json").read_text()
+    with pytest.raises(ConfigError, match="not a model folder"):
+        pretrain(PretrainConfig(out=tmp_path / "x", init=tmp_path, tokenizer=pretrained),
+                 progress=False)  # fmt: skip
