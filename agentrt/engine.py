@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from agentrt.errors import AgentRTError, BudgetError, SessionError
+from agentrt.errors import AgentRTError, BudgetError, ModelLoadError, SessionError
 from agentrt.memory import SwapManager
 from agentrt.persistence import AutosavePolicy, Persistence
 from agentrt.sampling import SamplingParams, sample_token
@@ -86,15 +86,28 @@ class Engine:
     @classmethod
     def from_pretrained(
         cls,
-        model: str | Path,
+        model: str | Path | None = None,
         *,
         device: str | torch.device | None = "auto",
         dtype: torch.dtype | None = None,
         dms: Any = None,
         **kwargs: Any,
     ) -> Engine:
-        """Load a model folder or hub id (plain or DMS) and build an engine around it."""
+        """Load a model folder or hub id (plain or DMS) and build an engine around it.
+
+        `model=None` serves the default: `AGENTRT_MODEL`, else the bundled demo model.
+        """
         from agentrt.dms import load_model
+
+        if model is None:
+            from agentrt.settings import default_model
+
+            model = default_model()
+            if model is None:
+                raise ModelLoadError(
+                    "no model given and this install has no bundled demo model",
+                    hint="pass a model folder or hub id, or set AGENTRT_MODEL",
+                )
 
         return cls(load_model(model, dms=dms, device=resolve_device(device), dtype=dtype), **kwargs)
 

@@ -15,6 +15,7 @@ ENV_DEVICE = "AGENTRT_DEVICE"
 ENV_KERNELS = "AGENTRT_KERNELS"
 
 _DEVICES = ("auto", "cpu", "cuda")
+BUNDLED_MODEL = "data/demo-model"  # inside the agentrt package: the demo model (docs/DEMO_MODEL.md)
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,18 @@ class Settings:
         return self.home / "checkpoints"
 
 
+def bundled_model() -> Path | None:
+    """The folder of the demo model shipped inside the package, or None if this install lacks it."""
+    folder = Path(__file__).resolve().parent / BUNDLED_MODEL
+    return folder if (folder / "config.json").is_file() else None
+
+
+def default_model() -> str | None:
+    """The model to serve when none is given: `$AGENTRT_MODEL`, else the bundled demo model."""
+    demo = bundled_model()
+    return os.environ.get(ENV_MODEL) or (str(demo) if demo else None)
+
+
 def home_dir() -> Path:
     """`$AGENTRT_HOME`, default `~/.agentrt` (not created here)."""
     raw = os.environ.get(ENV_HOME)
@@ -45,10 +58,13 @@ def load_settings(
     model: str | None = None,
     device: str | None = None,
 ) -> Settings:
-    """Resolve settings with precedence: explicit argument (CLI flag) > environment > default."""
+    """Resolve settings with precedence: explicit argument (CLI flag) > environment > default.
+
+    The default model is the bundled demo model (when this install ships it).
+    """
     home_path = Path(home).expanduser() if home else home_dir()
     db_url = db or os.environ.get(ENV_DB) or f"sqlite:///{home_path / 'agentrt.db'}"
-    model_name = model or os.environ.get(ENV_MODEL) or None
+    model_name = model or default_model()
     dev = (device or os.environ.get(ENV_DEVICE) or "auto").lower()
     if dev not in _DEVICES and not dev.startswith("cuda:"):
         raise ConfigError(

@@ -17,13 +17,17 @@ def agentrt_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Point AGENTRT_HOME and AGENTRT_DB into tmp_path so no test touches the real home.
 
     The home folder itself is not created, as on a fresh machine; AGENTRT_MODEL and
-    AGENTRT_DEVICE from the caller's shell are removed so they cannot leak into tests.
+    AGENTRT_DEVICE from the caller's shell are removed so they cannot leak into tests, and
+    the bundled demo model is hidden (`bundled_model()` → None), so "no model given" paths
+    behave the same whether or not this checkout ships the weights; tests of the default
+    model point `agentrt.settings.bundled_model` at a folder of their own.
     """
     home = tmp_path / "agentrt-home"
     monkeypatch.setenv(ENV_HOME, str(home))
     monkeypatch.setenv(ENV_DB, f"sqlite:///{home / 'agentrt.db'}")
     monkeypatch.delenv(ENV_MODEL, raising=False)
     monkeypatch.delenv(ENV_DEVICE, raising=False)
+    monkeypatch.setattr("agentrt.settings.bundled_model", lambda: None)
     return home
 
 

@@ -13,18 +13,17 @@ import os
 import platform
 import sys
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import click
 
+import agentrt.settings as agentrt_settings
 from agentrt import __version__
 from agentrt.cli.options import resolve_settings, setting_source, settings_options
 from agentrt.errors import AgentRTError, ConfigError, DatabaseError
 from agentrt.settings import Settings
 
-DEMO_MODEL_CONFIG = "data/demo-model/config.json"
 _FIX_HINT = "run `agentrt doctor --fix` to create it and apply the migrations"
 
 
@@ -223,17 +222,31 @@ def check_database(settings: Settings, source: str) -> Check:
 
 
 def check_demo_model() -> Check:
-    """Whether the bundled demo model ships with this install."""
-    config = resources.files("agentrt").joinpath(DEMO_MODEL_CONFIG)
-    if config.is_file():
-        return Check("demo model", "ok", f"present ({config})", {"present": True})
-    summary = "not installed (the demo model ships with a later release)"
-    return Check("demo model", "info", summary, {"present": False})
+    """Whether the bundled demo model ships with this install, and what it is."""
+    folder = agentrt_settings.bundled_model()
+    if folder is None:
+        summary = "not installed (this build ships without it; see docs/DEMO_MODEL.md)"
+        return Check("demo model", "info", summary, {"present": False})
+    data: dict[str, Any] = {"present": True, "path": str(folder)}
+    try:
+        config = json.loads((folder / "config.json").read_text())
+        data["dms_window"] = config.get("dms_window_size")
+        data["bytes"] = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+    except (OSError, ValueError) as err:
+        return Check("demo model", "warn", f"unreadable: {err}", data, "reinstall agentrt")
+    summary = (
+        f"present ({folder}, {data['bytes'] / 2**20:.1f} MiB, DMS window {data['dms_window']})"
+    )
+    return Check("demo model", "ok", summary, data)
 
 
 def check_defaults(settings: Settings, cuda: bool) -> list[Check]:
     """The default model and device; a CUDA device without CUDA is a configuration error."""
-    model = Check("model", "info", settings.model or "(not set)", {"model": settings.model})
+    shown = settings.model or "(not set)"
+    demo = agentrt_settings.bundled_model()
+    if demo is not None and settings.model == str(demo):
+        shown = "bundled demo model"
+    model = Check("model", "info", shown, {"model": settings.model})
     device = settings.device
     resolved = ("cuda" if cuda else "cpu") if device == "auto" else device
     data = {"device": device, "resolved": resolved}

@@ -19,7 +19,7 @@ Environment (a flag always wins over its variable):
   AGENTRT_HOME    state folder (default ~/.agentrt)
   AGENTRT_DB      SQLAlchemy URL of the metadata database
                   (default sqlite:///$AGENTRT_HOME/agentrt.db)
-  AGENTRT_MODEL   default model (folder or hub id)
+  AGENTRT_MODEL   default model (folder or hub id; unset: the bundled demo model)
   AGENTRT_DEVICE  auto, cpu, cuda or cuda:N (default auto)
 
 \b

@@ -52,7 +52,7 @@ def test_throughput_writes_json_png_and_batches_sessions(model_dir, tmp_path):
 
 
 def test_throughput_without_a_model_is_a_config_error(tmp_path, monkeypatch):
-    """No --model and no AGENTRT_MODEL: exit 2 with a hint."""
+    """No --model, no AGENTRT_MODEL and no bundled demo model: exit 2 with a hint."""
     monkeypatch.delenv("AGENTRT_MODEL", raising=False)
     result = CliRunner().invoke(cli, ["bench", "throughput", "--out", str(tmp_path)])
     assert result.exit_code == 2

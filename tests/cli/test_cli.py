@@ -62,7 +62,8 @@ def test_doctor_on_a_fresh_home_is_usable_and_creates_nothing(agentrt_home: Path
     assert f"torch         ok    {torch.__version__}" in out
     assert f"transformers  ok    {transformers.__version__}" in out
     assert platform.python_version() in out
-    assert "not installed (the demo model ships with a later release)" in out
+    assert "demo model    info  not installed (this build ships without it" in out
+    assert "model         info  (not set)" in out
     assert "not created yet" in out
     assert out.rstrip().endswith("agentrt is usable here.")
     assert result.stderr == ""
@@ -84,9 +85,28 @@ def test_doctor_json_reports_versions_and_settings(agentrt_home: Path) -> None:
     assert checks["transformers"]["version"].startswith("5.")
     assert checks["home"] == {**checks["home"], "path": str(agentrt_home), "source": "env"}
     assert checks["database"]["url"] == f"sqlite:///{agentrt_home / 'agentrt.db'}"
-    assert checks["demo_model"]["present"] is False
+    assert checks["demo_model"]["present"] is False and checks["model"]["model"] is None
     assert {c["status"] for c in checks.values()} <= {"ok", "info", "warn"}
     assert not agentrt_home.exists()
+
+
+def test_doctor_reports_a_bundled_demo_model_as_the_default(
+    agentrt_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from tests.evals.helpers import tiny_eval_model
+
+    folder = tmp_path / "demo-model"
+    tiny_eval_model(dms=True, window=8).save_pretrained(folder)
+    monkeypatch.setattr("agentrt.settings.bundled_model", lambda: folder)
+    result = invoke("doctor")
+    assert result.exit_code == 0, result.output
+    assert f"demo model    ok    present ({folder}, " in result.stdout
+    assert "DMS window 8)" in result.stdout
+    assert "model         info  bundled demo model" in result.stdout
+    code, report = doctor_json()
+    assert code == 0 and report["checks"]["model"]["model"] == str(folder)
+    monkeypatch.setenv("AGENTRT_MODEL", "/my/model")  # the variable wins over the bundled model
+    assert "model         info  /my/model" in invoke("doctor").stdout
 
 
 def test_doctor_fix_creates_home_0700_and_migrates(agentrt_home: Path) -> None:
