@@ -222,9 +222,13 @@ def test_build_runs_every_stage_and_packs_one_tarball(tmp_path: Path) -> None:
 
     from agentrt.demo.build import main as build_main
 
-    build_main(["--out", str(tmp_path), "--tiny", "--device", "cpu"])
+    build_main(["--out", str(tmp_path), "--tiny", "--device", "cpu", "--ship-to",
+                str(tmp_path / "shipped")])  # fmt: skip
     report = json.loads((tmp_path / "build_report.json").read_text())
-    assert list(report["seconds"]) == ["tokenizer", "pretrain", "retrofit", "eval", "export"]
+    assert list(report["seconds"]) == ["tokenizer", "pretrain", "retrofit", "export", "eval"]
+    assert json.loads((tmp_path / "shipped" / "build_report.json").read_text()) == report
+    shipped = (tmp_path / "shipped" / "demo-model.tar.gz").read_bytes()
+    assert shipped == (tmp_path / "demo-model.tar.gz").read_bytes()
     with pytest.raises(ConfigError, match="already holds base, dms, demo-model"):
         build_main(["--out", str(tmp_path), "--tiny", "--device", "cpu"])
     assert set(report["targets"]) == {
