@@ -223,6 +223,8 @@ def check_database(settings: Settings, source: str) -> Check:
 
 def check_demo_model() -> Check:
     """Whether the bundled demo model ships with this install, and what it is."""
+    from agentrt.demo.export import folder_bytes  # light: torch is imported inside export()
+
     folder = agentrt_settings.bundled_model()
     if folder is None:
         summary = "not installed (this build ships without it; see docs/DEMO_MODEL.md)"
@@ -231,7 +233,7 @@ def check_demo_model() -> Check:
     try:
         config = json.loads((folder / "config.json").read_text())
         data["dms_window"] = config.get("dms_window_size")
-        data["bytes"] = sum(p.stat().st_size for p in folder.iterdir() if p.is_file())
+        data["bytes"] = folder_bytes(folder)
     except (OSError, ValueError) as err:
         return Check("demo model", "warn", f"unreadable: {err}", data, "reinstall agentrt")
     summary = (

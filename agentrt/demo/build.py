@@ -218,10 +218,11 @@ def build(
     )
     lap("pretrain")
 
-    tok = load_model(base, device="cpu").tokenizer
+    from transformers import AutoTokenizer
+
     data = write_jsonl(
         out / "retrofit.jsonl",
-        tok,
+        AutoTokenizer.from_pretrained(tok_dir),  # the tokenizer pretraining used and saved
         documents=plan.retrofit_documents,
         seed=seed + 1,
         min_length=128,
