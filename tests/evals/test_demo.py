@@ -283,3 +283,38 @@ def test_init_continues_from_saved_weights(pretrained: Path, tmp_path: Path) -> 
     with pytest.raises(ConfigError, match="not a model folder"):
         pretrain(PretrainConfig(out=tmp_path / "x", init=tmp_path, tokenizer=pretrained),
                  progress=False)  # fmt: skip
+
+
+def test_weighted_loss_matches_hf_loss_and_weights_each_target(pretrained: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    from agentrt.demo.pretrain import weighted_loss
+
+    model = AutoModelForCausalLM.from_pretrained(pretrained).eval()
+    torch.manual_seed(0)
+    ids = torch.randint(0, 1000, (2, 24))
+    labels = ids.clone()
+    labels[:, 18:] = -100
+    ones = (labels != -100).float()
+    with torch.no_grad():
+        ref = model(input_ids=ids, labels=labels).loss  # HF's own shifted mean CE
+        assert torch.allclose(weighted_loss(model, ids, labels, ones), ref, atol=1e-5)
+        logits = model(input_ids=ids).logits[:, :-1].float()
+        ce = torch.nn.functional.cross_entropy(logits.transpose(1, 2), ids[:, 1:], reduction="none")
+        w = ones.clone()
+        w[:, :9] = 0.25  # "prompt" targets at a quarter weight
+        expected = (ce * w[:, 1:]).sum() / w[:, 1:].sum()
+        assert torch.allclose(weighted_loss(model, ids, labels, w), expected, atol=1e-5)
+
+
+def test_init_refuses_a_tokenizer_larger_than_the_model_vocabulary(
+    pretrained: Path, tmp_path: Path
+) -> None:
+    from agentrt.demo.pretrain import pretrain
+
+    big = tmp_path / "big-tok"
+    build_tokenizer(vocab_size=2048, documents=200, seed=1).save_pretrained(big)
+    cfg = PretrainConfig(out=tmp_path / "x", init=pretrained, tokenizer=big, steps=1,
+                         context=512, batch_size=1, device="cpu")  # fmt: skip
+    with pytest.raises(ConfigError, match="embeds only"):
+        pretrain(cfg, progress=False)
