@@ -57,6 +57,7 @@ class BuildPlan:
     eval_batch: int
     max_new_tokens: int
     prompt_weight: float = 1.0  # pretraining loss weight of prompt tokens (plain LM loss)
+    followups: int = 3  # extra questions per training document (pretrain and retrofit data)
 
 
 def full_plan(
@@ -120,6 +121,7 @@ def tiny_plan() -> BuildPlan:
         eval_n=1,
         eval_batch=2,
         max_new_tokens=3,
+        followups=1,
     )
 
 
@@ -205,6 +207,7 @@ def build(
             lr=2e-3,
             warmup=min(100, max(3, plan.pretrain_steps // 10)),
             prompt_weight=plan.prompt_weight,
+            followups=plan.followups,
             length_dist="loguniform",
             amp="bf16" if dev.startswith("cuda") else "off",
             seed=seed,
@@ -226,7 +229,8 @@ def build(
         documents=plan.retrofit_documents,
         seed=seed + 1,
         min_length=128,
-        max_length=plan.context - 192,
+        max_length=plan.context - 192 - 64 * plan.followups,
+        followups=plan.followups,
     )
     dms_dir = out / "dms"
     ret = retrofit(

@@ -10,6 +10,7 @@ trained on. Run `python -m agentrt.demo.corpus --help` to write a JSONL for `age
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import random
@@ -47,14 +48,22 @@ def sample_item(
     min_length: int,
     max_length: int,
     length_dist: str = "uniform",
+    followups: int = 0,
 ) -> Item:
-    """A training item: uniform task, prompt length in [min_length, max_length] (`length_dist`)."""
+    """A training item: uniform task, prompt length in [min_length, max_length] (`length_dist`).
+
+    `followups` > 0 asks up to that many more questions about the same document as later
+    turns (niah, vt, arith: one per other needle or chain), more retrieval per token.
+    """
     task = rng.choice(sorted(TASKS))
     length = sample_length(rng, min_length, max_length, length_dist)
     seed = item_seed(rng.getrandbits(63), task, length, 0, split="train")
+    spec = TASKS[task]
+    if followups and hasattr(spec, "followups"):
+        spec = dataclasses.replace(spec, followups=followups)
     for _ in range(8):
         try:
-            return TASKS[task].generate(seed, length, count)
+            return spec.generate(seed, length, count)
         except ConfigError:  # below the task's shortest prompt
             length = int(length * 1.5) + 16
     raise ConfigError(f"cannot fit a {task} prompt into {length} tokens")
@@ -115,19 +124,28 @@ def training_block_parts(
     context: int,
     min_length: int = 128,
     length_dist: str = "uniform",
+    followups: int = 0,
 ) -> tuple[list[int], list[int], list[bool]]:
-    """`training_block` with every label kept, plus a flag per position: True = prompt token."""
+    """`training_block` with every label kept, plus a flag per position: True = prompt token.
+
+    With `followups` (see `sample_item`) the reply reserve grows by 64 tokens per follow-up.
+    """
     rng = random.Random(f"pretrain/{seed}/{index}")
     count = token_counter(tokenizer)
     pad = int(tokenizer.convert_tokens_to_ids(DOC_END))
-    reserve = min(REPLY_RESERVE, context // 4)
+    reserve = min(REPLY_RESERVE + 64 * followups, context // 4)
     ids: list[int] = []
     prompt: list[bool] = []
     misses = 0
     while context - len(ids) >= min_length + reserve:
         room = context - len(ids) - reserve
         item = sample_item(
-            rng, count, min_length=min_length, max_length=room, length_dist=length_dist
+            rng,
+            count,
+            min_length=min_length,
+            max_length=room,
+            length_dist=length_dist,
+            followups=followups,
         )
         doc, prompt_len = document_ids(tokenizer, item)
         if len(ids) + len(doc) > context:
@@ -149,7 +167,14 @@ def training_block_parts(
 
 
 def write_jsonl(
-    path: Path, tokenizer: Any, *, documents: int, seed: int, min_length: int, max_length: int
+    path: Path,
+    tokenizer: Any,
+    *,
+    documents: int,
+    seed: int,
+    min_length: int,
+    max_length: int,
+    followups: int = 0,
 ) -> Path:
     """`{"text": conversation}` lines (rendered with the template) for `agentrt retrofit --data`."""
     rng = random.Random(f"retrofit/{seed}")
@@ -157,7 +182,9 @@ def write_jsonl(
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as out:
         for _ in range(documents):
-            item = sample_item(rng, count, min_length=min_length, max_length=max_length)
+            item = sample_item(
+                rng, count, min_length=min_length, max_length=max_length, followups=followups
+            )
             text = render_text(
                 tokenizer, item.conversation(), item.tool_list, add_generation_prompt=False
             )
@@ -178,6 +205,9 @@ def main(argv: list[str] | None = None) -> None:
         "--max-length", type=int, default=1856, help="prompt tokens (≤ seq_len − reply)"
     )
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--followups", type=int, default=0, help="extra questions per document (later turns)"
+    )
     args = parser.parse_args(argv)
     tok = AutoTokenizer.from_pretrained(args.tokenizer)
     write_jsonl(
@@ -187,6 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         min_length=args.min_length,
         max_length=args.max_length,
+        followups=args.followups,
     )
     print(f"wrote {args.documents} documents to {args.out}")
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -318,3 +319,38 @@ def test_init_refuses_a_tokenizer_larger_than_the_model_vocabulary(
                          context=512, batch_size=1, device="cpu")  # fmt: skip
     with pytest.raises(ConfigError, match="embeds only"):
         pretrain(cfg, progress=False)
+
+
+def test_bf16_autocast_on_a_cpu_without_native_bf16_warns(tmp_path: Path, monkeypatch) -> None:
+    from agentrt.demo import pretrain as P
+
+    assert P.cpu_has_native_bf16("flags\t\t: fpu avx avx2 fma\n") is False
+    assert P.cpu_has_native_bf16("flags\t\t: avx2 avx512f avx512_bf16\n") is True
+    assert P.cpu_has_native_bf16("model name: x\n") is None
+    cfg = PretrainConfig(out=tmp_path, amp="bf16")
+    monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: False)
+    assert "--amp off" in P.warn_emulated_bf16(cfg, torch.device("cpu"))
+    assert P.warn_emulated_bf16(dataclasses.replace(cfg, amp="off"), torch.device("cpu")) is None
+    monkeypatch.setattr(P, "cpu_has_native_bf16", lambda: True)
+    assert P.warn_emulated_bf16(cfg, torch.device("cpu")) is None
+
+
+def test_followups_pack_more_questions_per_block_and_stay_deterministic() -> None:
+    from agentrt.demo.corpus import training_block_parts
+
+    tok = small_tokenizer()
+    kw = {"seed": 0, "context": 1024, "length_dist": "loguniform"}
+    plain = [training_block_parts(tok, index=i, **kw) for i in range(6)]
+    more = [training_block_parts(tok, index=i, followups=2, **kw) for i in range(6)]
+    assert more == [training_block_parts(tok, index=i, followups=2, **kw) for i in range(6)]
+    question = tok.encode("Question:", add_special_tokens=False)
+
+    def questions(ids: list[int]) -> int:
+        n = len(question)
+        return sum(ids[i : i + n] == question for i in range(len(ids) - n + 1))
+
+    def replies(rows) -> int:  # reply tokens (labels kept, not prompt)
+        return sum(lab != -100 and not p for r in rows for lab, p in zip(r[1], r[2], strict=True))
+
+    assert sum(questions(r[0]) for r in more) > 1.5 * sum(questions(r[0]) for r in plain)
+    assert replies(more) > 1.5 * replies(plain)

@@ -151,3 +151,28 @@ def test_fit_count_finds_the_largest_fitting_size() -> None:
 def test_items_do_not_log_prompt_text(count) -> None:
     item = TASKS["niah"].generate(0, 300, count)
     assert "magic" not in repr(item) and str(item.prompt_tokens) in repr(item)
+
+
+@pytest.mark.parametrize(("task", "extra"), [("niah", 3), ("vt", 2), ("arith", 1)])
+def test_followups_ask_the_other_keys_and_leave_the_first_question_alone(
+    task: str, extra: int, count
+) -> None:
+    import dataclasses
+
+    base = TASKS[task]
+    for seed in range(4):
+        plain = base.generate(seed, 500, count)
+        more = dataclasses.replace(base, followups=10).generate(seed, 500, count)
+        assert more.messages == plain.messages and more.answer == plain.answer
+        assert more.reference[0] == plain.reference[0] and more.prompt_tokens == plain.prompt_tokens
+        turns = more.reference[1:]
+        assert [m["role"] for m in turns] == ["user", "assistant"] * extra  # capped by the keys
+        doc = plain.messages[1]["content"]
+        first = plain.messages[1]["content"].rsplit("Question: ", 1)[1]
+        asked = [m["content"].removeprefix("Question: ") for m in turns[0::2]]
+        assert len({first, *asked}) == extra + 1, "each other key asked once"
+        answers = [extract_answer(m["content"]) for m in turns[1::2]]
+        if task != "arith":  # niah/vt values stand in the document; arith's are computed
+            assert all(a in doc for a in answers)
+        one = dataclasses.replace(base, followups=1).generate(seed, 500, count)
+        assert one.reference == more.reference[:3], "a prefix of the longer list"

@@ -11,6 +11,7 @@ from agentrt.evals.tasks.base import (
     TokenCounter,
     exact_match,
     fit_count,
+    followup_targets,
     normalise,
 )
 from agentrt.evals.tasks.filler import filler, fractions, var_names, weave
@@ -47,6 +48,7 @@ class ArithmeticTask:
     hops: int = 3
     chains: int = 2
     name: str = "arith"
+    followups: int = 0  # training documents: later user turns asking about the other chains
 
     def generate(self, seed: int, length: int, count: TokenCounter) -> Item:
         """The item for `seed`, its prompt fitted to at most `length` tokens."""
@@ -68,7 +70,8 @@ class ArithmeticTask:
                 _, op, k, _ = steps[h]
                 inserts.append((depths[h], f"Let {chain[h]} = {chain[h - 1]} {op} {k}."))
         inserts.sort(key=lambda x: x[0])
-        steps = chains[rng.randrange(self.chains)]
+        target = rng.randrange(self.chains)
+        steps = chains[target]
         last = steps[-1][0]
         question = f"What is the value of {last}? Work it out step by step."
 
@@ -78,6 +81,21 @@ class ArithmeticTask:
             return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
         messages = fit_count(build, lambda m: count(m, None), length)
+        reference = [{"role": "assistant", "content": self._reply(steps)}]
+        for c in followup_targets(f"arith/{seed}", target, self.chains, self.followups):
+            ask = f"Question: What is the value of {chains[c][-1][0]}? Work it out step by step."
+            reference.append({"role": "user", "content": ask})
+            reference.append({"role": "assistant", "content": self._reply(chains[c])})
+        return Item(
+            id=f"arith-{length}-{seed}",
+            task=self.name,
+            messages=tuple(messages),
+            reference=tuple(reference),
+            answer=normalise(str(steps[-1][3])),
+            prompt_tokens=count(messages, None),
+        )
+
+    def _reply(self, steps: list[tuple]) -> str:
         back = [f"{steps[h][0]} = {steps[h - 1][0]} {steps[h][1]} {steps[h][2]}." for h in
                 range(self.hops - 1, 0, -1)]  # fmt: skip
         back.append(f"{steps[0][0]} = {steps[0][3]}.")
@@ -86,14 +104,7 @@ class ArithmeticTask:
             for h in range(1, self.hops)
         ]
         reply = " ".join(back) + "\n" + " ".join(forward) + f"\nAnswer: {steps[-1][3]}"
-        return Item(
-            id=f"arith-{length}-{seed}",
-            task=self.name,
-            messages=tuple(messages),
-            reference=({"role": "assistant", "content": reply.replace("\n\n", "\n")},),
-            answer=normalise(str(steps[-1][3])),
-            prompt_tokens=count(messages, None),
-        )
+        return reply.replace("\n\n", "\n")
 
     def score(self, item: Item, replies: list[str]) -> float:
         """Exact match of the extracted final answer (the written steps are not graded)."""

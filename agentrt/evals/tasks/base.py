@@ -29,7 +29,7 @@ class Item:
     id: str
     task: str
     messages: tuple[Message, ...]  # the prompt: system + user
-    reference: tuple[Message, ...]  # reference continuation: assistant (and tool) messages
+    reference: tuple[Message, ...]  # continuation: assistant, tool (and follow-up user) turns
     answer: str  # the expected final answer, normalised
     prompt_tokens: int  # tokens of the rendered prompt under the counter it was fitted with
     tools: tuple[dict[str, Any], ...] | None = None  # JSON schemas (OpenAI function format)
@@ -147,3 +147,14 @@ def check_length(task: str, item: Item, length: int) -> None:
 def choose(rng: random.Random, pool: Sequence[str], k: int) -> list[str]:
     """k distinct entries of pool (k ≤ len(pool))."""
     return rng.sample(list(pool), k)
+
+
+def followup_targets(name: str, first: int, count: int, followups: int) -> list[int]:
+    """Up to `followups` indices in range(count) other than `first`, in a seeded order.
+
+    Drawn from their own RNG (`name` + '/followups'), so an item's first question and
+    everything before it are the same with or without follow-ups.
+    """
+    others = [i for i in range(count) if i != first]
+    random.Random(f"{name}/followups").shuffle(others)
+    return others[: max(0, followups)]

@@ -11,6 +11,7 @@ from agentrt.evals.tasks.base import (
     TokenCounter,
     exact_match,
     fit_count,
+    followup_targets,
     normalise,
 )
 from agentrt.evals.tasks.filler import filler, fractions, keys, weave
@@ -21,11 +22,15 @@ class NeedleTask:
     """RULER-style multi-key NIAH: `needles` needles 'The special magic number for K is V.'
 
     The question names one key; the reference copies the needle, then 'Answer: V'.
+    `followups` > 0 (training documents only) appends that many later user turns, each
+    asking for another needle's number, with their reference replies; the first question
+    and the item's answer are the same as without them.
     """
 
     needles: int = 4
     digits: int = 7
     name: str = "niah"
+    followups: int = 0
 
     def generate(self, seed: int, length: int, count: TokenCounter) -> Item:
         """The item for `seed`, its prompt fitted to at most `length` tokens."""
@@ -49,15 +54,23 @@ class NeedleTask:
             return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
         messages = fit_count(build, lambda m: count(m, None), length)
-        reply = f"The special magic number for {key} is {value}.\nAnswer: {value}"
+        reference = [{"role": "assistant", "content": self._reply(key, value)}]
+        for j in followup_targets(f"niah/{seed}", target, self.needles, self.followups):
+            ask = f"Question: What is the special magic number for {names[j]}?"
+            reference.append({"role": "user", "content": ask})
+            reference.append({"role": "assistant", "content": self._reply(names[j], values[j])})
         return Item(
             id=f"niah-{length}-{seed}",
             task=self.name,
             messages=tuple(messages),
-            reference=({"role": "assistant", "content": reply},),
+            reference=tuple(reference),
             answer=normalise(value),
             prompt_tokens=count(messages, None),
         )
+
+    @staticmethod
+    def _reply(key: str, value: str) -> str:
+        return f"The special magic number for {key} is {value}.\nAnswer: {value}"
 
     def score(self, item: Item, replies: list[str]) -> float:
         """Exact match of the extracted final answer."""

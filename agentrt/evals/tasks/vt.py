@@ -11,6 +11,7 @@ from agentrt.evals.tasks.base import (
     TokenCounter,
     exact_match,
     fit_count,
+    followup_targets,
     normalise,
 )
 from agentrt.evals.tasks.filler import filler, fractions, var_names, weave
@@ -22,11 +23,14 @@ class VariableTrackingTask:
 
     One chain is asked about; the others are distractors with their own values. The
     reference traces the chain backwards, one lookup per hop, then gives 'Answer: V'.
+    `followups` > 0 (training documents only) appends later user turns asking about the
+    other chains' last variables, with their reference replies.
     """
 
     hops: int = 4
     chains: int = 3
     name: str = "vt"
+    followups: int = 0
 
     def generate(self, seed: int, length: int, count: TokenCounter) -> Item:
         """The item for `seed`, its prompt fitted to at most `length` tokens."""
@@ -56,17 +60,24 @@ class VariableTrackingTask:
             return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
         messages = fit_count(build, lambda m: count(m, None), length)
-        steps = [f"{chain[h]} = {chain[h - 1]}." for h in range(self.hops - 1, 0, -1)]
-        steps.append(f"{chain[0]} = {value}.")
-        reply = " ".join(steps) + f"\nAnswer: {value}"
+        reference = [{"role": "assistant", "content": self._reply(chain, value)}]
+        for c in followup_targets(f"vt/{seed}", target, self.chains, self.followups):
+            ask = f"Question: What is the value of the variable {chains[c][-1]}?"
+            reference.append({"role": "user", "content": ask})
+            reference.append({"role": "assistant", "content": self._reply(chains[c], values[c])})
         return Item(
             id=f"vt-{length}-{seed}",
             task=self.name,
             messages=tuple(messages),
-            reference=({"role": "assistant", "content": reply},),
+            reference=tuple(reference),
             answer=normalise(str(value)),
             prompt_tokens=count(messages, None),
         )
+
+    def _reply(self, chain: list[str], value: int) -> str:
+        steps = [f"{chain[h]} = {chain[h - 1]}." for h in range(self.hops - 1, 0, -1)]
+        steps.append(f"{chain[0]} = {value}.")
+        return " ".join(steps) + f"\nAnswer: {value}"
 
     def score(self, item: Item, replies: list[str]) -> float:
         """Exact match of the extracted final answer."""
