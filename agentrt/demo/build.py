@@ -161,7 +161,7 @@ def build(
     """
     import torch
 
-    from agentrt.demo.corpus import write_jsonl
+    from agentrt.demo.corpus import reply_reserve, write_jsonl
     from agentrt.demo.export import export
     from agentrt.demo.pretrain import PretrainConfig, pretrain
     from agentrt.demo.tokenizer import build_tokenizer
@@ -229,7 +229,7 @@ def build(
         documents=plan.retrofit_documents,
         seed=seed + 1,
         min_length=128,
-        max_length=plan.context - 192 - 64 * plan.followups,
+        max_length=plan.context - reply_reserve(plan.followups),
         followups=plan.followups,
     )
     dms_dir = out / "dms"

@@ -24,6 +24,7 @@ from agentrt.evals.tasks import TASKS, Item, TokenCounter, item_seed
 
 DOC_END = "<|endoftext|>"
 REPLY_RESERVE = 192  # tokens kept free after a prompt for its reference continuation
+FOLLOWUP_RESERVE = 64  # more tokens kept free per follow-up question (turn + reply)
 MAX_MISSES = 64  # draws for the first document of a block before giving up
 
 
@@ -79,6 +80,11 @@ def tokenizer_corpus(documents: int, seed: int, max_length: int = 1024) -> Itera
         yield render(item.conversation(), item.tool_list) + DOC_END
 
 
+def reply_reserve(followups: int = 0) -> int:
+    """Tokens kept free after a prompt for its reference reply and `followups` follow-ups."""
+    return REPLY_RESERVE + FOLLOWUP_RESERVE * followups
+
+
 def document_ids(tokenizer: Any, item: Item) -> tuple[list[int], int]:
     """(ids of the whole conversation + <|endoftext|>, length of its prompt part)."""
     ids = render_ids(tokenizer, item.conversation(), item.tool_list, add_generation_prompt=False)
@@ -128,12 +134,12 @@ def training_block_parts(
 ) -> tuple[list[int], list[int], list[bool]]:
     """`training_block` with every label kept, plus a flag per position: True = prompt token.
 
-    With `followups` (see `sample_item`) the reply reserve grows by 64 tokens per follow-up.
+    With `followups` (see `sample_item`) the reply reserve grows (`reply_reserve`).
     """
     rng = random.Random(f"pretrain/{seed}/{index}")
     count = token_counter(tokenizer)
     pad = int(tokenizer.convert_tokens_to_ids(DOC_END))
-    reserve = min(REPLY_RESERVE + 64 * followups, context // 4)
+    reserve = min(reply_reserve(followups), context // 4)
     ids: list[int] = []
     prompt: list[bool] = []
     misses = 0

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from agentrt.demo.corpus import DOC_END, training_block_parts
+from agentrt.demo.corpus import DOC_END, reply_reserve, training_block_parts
 from agentrt.errors import ConfigError
 
 HELDOUT_OFFSET = 10**9  # block indices of the held-out loss (never trained on)
@@ -95,10 +95,11 @@ class PretrainConfig:
         for name, ctx in (("context", self.context), ("warm_context", self.warm_context)):
             if name == "warm_context" and not self.warm_steps:
                 continue
-            if ctx < self.min_length + min(192, ctx // 4):
+            reserve = min(reply_reserve(self.followups), ctx // 4)
+            if ctx < self.min_length + reserve:
                 problems.append(
                     f"{name}={ctx} cannot hold one document (min_length {self.min_length} "
-                    f"+ {min(192, ctx // 4)} tokens kept for the reply)"
+                    f"+ {reserve} tokens kept for the reply)"
                 )
         if self.warm_steps > self.steps:
             problems.append(f"warm_steps={self.warm_steps} must be <= steps={self.steps}")

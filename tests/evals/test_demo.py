@@ -354,3 +354,13 @@ def test_followups_pack_more_questions_per_block_and_stay_deterministic() -> Non
 
     assert sum(questions(r[0]) for r in more) > 1.5 * sum(questions(r[0]) for r in plain)
     assert replies(more) > 1.5 * replies(plain)
+
+
+def test_reply_reserve_grows_per_followup_and_config_validation_uses_it(tmp_path: Path) -> None:
+    from agentrt.demo.corpus import REPLY_RESERVE, reply_reserve
+
+    assert reply_reserve() == REPLY_RESERVE == 192
+    assert reply_reserve(3) == 192 + 3 * 64
+    PretrainConfig(out=tmp_path, context=800, min_length=605)  # 605 + 192 fits
+    with pytest.raises(ConfigError, match=r"context=800 cannot hold one document .* \+ 200 tokens"):
+        PretrainConfig(out=tmp_path, context=800, min_length=605, followups=1)  # 605 + 200

@@ -11,8 +11,8 @@ from agentrt.evals.tasks.base import (
     TokenCounter,
     exact_match,
     fit_count,
-    followup_targets,
     normalise,
+    reference_with_followups,
 )
 from agentrt.evals.tasks.filler import filler, fractions, var_names, weave
 
@@ -71,31 +71,31 @@ class ArithmeticTask:
                 inserts.append((depths[h], f"Let {chain[h]} = {chain[h - 1]} {op} {k}."))
         inserts.sort(key=lambda x: x[0])
         target = rng.randrange(self.chains)
-        steps = chains[target]
-        last = steps[-1][0]
-        question = f"What is the value of {last}? Work it out step by step."
+
+        def question(c: int) -> str:
+            return f"What is the value of {chains[c][-1][0]}? Work it out step by step."
 
         def build(n: int) -> list[dict]:
             doc = weave(filler(seed, n), inserts)
-            user = f"The document defines numbers with 'Let' lines.\n\nDocument:\n{doc}\n\nQuestion: {question}"
+            user = f"The document defines numbers with 'Let' lines.\n\nDocument:\n{doc}\n\nQuestion: {question(target)}"
             return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
         messages = fit_count(build, lambda m: count(m, None), length)
-        reference = [{"role": "assistant", "content": self._reply(steps)}]
-        for c in followup_targets(f"arith/{seed}", target, self.chains, self.followups):
-            ask = f"Question: What is the value of {chains[c][-1][0]}? Work it out step by step."
-            reference.append({"role": "user", "content": ask})
-            reference.append({"role": "assistant", "content": self._reply(chains[c])})
+        reference = reference_with_followups(
+            f"arith/{seed}", target, self.chains, self.followups, question,
+            lambda c: self._reply(chains[c]),
+        )  # fmt: skip
         return Item(
             id=f"arith-{length}-{seed}",
             task=self.name,
             messages=tuple(messages),
-            reference=tuple(reference),
-            answer=normalise(str(steps[-1][3])),
+            reference=reference,
+            answer=normalise(str(chains[target][-1][3])),
             prompt_tokens=count(messages, None),
         )
 
     def _reply(self, steps: list[tuple]) -> str:
+        """The reference reply for one chain: resolved backwards, computed forwards, answer."""
         back = [f"{steps[h][0]} = {steps[h - 1][0]} {steps[h][1]} {steps[h][2]}." for h in
                 range(self.hops - 1, 0, -1)]  # fmt: skip
         back.append(f"{steps[0][0]} = {steps[0][3]}.")

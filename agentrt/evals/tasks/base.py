@@ -149,12 +149,25 @@ def choose(rng: random.Random, pool: Sequence[str], k: int) -> list[str]:
     return rng.sample(list(pool), k)
 
 
-def followup_targets(name: str, first: int, count: int, followups: int) -> list[int]:
-    """Up to `followups` indices in range(count) other than `first`, in a seeded order.
+def reference_with_followups(
+    name: str,
+    first: int,
+    count: int,
+    followups: int,
+    question: Callable[[int], str],
+    reply: Callable[[int], str],
+) -> tuple[Message, ...]:
+    """The reply about key `first`, then up to `followups` turns asking about other keys.
 
-    Drawn from their own RNG (`name` + '/followups'), so an item's first question and
-    everything before it are the same with or without follow-ups.
+    Keys are indices in range(count); the other keys come in an order drawn from their own
+    RNG (`name` + '/followups'), so the first question and everything before it are the
+    same with or without follow-ups. Each follow-up is a user turn 'Question: question(i)'
+    and an assistant turn reply(i).
     """
+    turns: list[Message] = [{"role": "assistant", "content": reply(first)}]
     others = [i for i in range(count) if i != first]
     random.Random(f"{name}/followups").shuffle(others)
-    return others[: max(0, followups)]
+    for i in others[: max(0, followups)]:
+        turns.append({"role": "user", "content": f"Question: {question(i)}"})
+        turns.append({"role": "assistant", "content": reply(i)})
+    return tuple(turns)

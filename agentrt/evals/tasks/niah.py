@@ -11,8 +11,8 @@ from agentrt.evals.tasks.base import (
     TokenCounter,
     exact_match,
     fit_count,
-    followup_targets,
     normalise,
+    reference_with_followups,
 )
 from agentrt.evals.tasks.filler import filler, fractions, keys, weave
 
@@ -41,36 +41,34 @@ class NeedleTask:
         order = list(range(self.needles))
         rng.shuffle(order)
         target = rng.randrange(self.needles)
-        key, value = names[target], values[target]
         needles = [
             (depths[i], f"The special magic number for {names[j]} is {values[j]}.")
             for i, j in enumerate(order)
         ]
-        question = f"What is the special magic number for {key}?"
+
+        def question(j: int) -> str:
+            return f"What is the special magic number for {names[j]}?"
+
+        def reply(j: int) -> str:
+            return f"The special magic number for {names[j]} is {values[j]}.\nAnswer: {values[j]}"
 
         def build(n: int) -> list[dict]:
             doc = weave(filler(seed, n), needles)
-            user = f"Read the document and answer the question.\n\nDocument:\n{doc}\n\nQuestion: {question}"
+            user = f"Read the document and answer the question.\n\nDocument:\n{doc}\n\nQuestion: {question(target)}"
             return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
         messages = fit_count(build, lambda m: count(m, None), length)
-        reference = [{"role": "assistant", "content": self._reply(key, value)}]
-        for j in followup_targets(f"niah/{seed}", target, self.needles, self.followups):
-            ask = f"Question: What is the special magic number for {names[j]}?"
-            reference.append({"role": "user", "content": ask})
-            reference.append({"role": "assistant", "content": self._reply(names[j], values[j])})
+        reference = reference_with_followups(
+            f"niah/{seed}", target, self.needles, self.followups, question, reply
+        )
         return Item(
             id=f"niah-{length}-{seed}",
             task=self.name,
             messages=tuple(messages),
-            reference=tuple(reference),
-            answer=normalise(value),
+            reference=reference,
+            answer=normalise(values[target]),
             prompt_tokens=count(messages, None),
         )
-
-    @staticmethod
-    def _reply(key: str, value: str) -> str:
-        return f"The special magic number for {key} is {value}.\nAnswer: {value}"
 
     def score(self, item: Item, replies: list[str]) -> float:
         """Exact match of the extracted final answer."""

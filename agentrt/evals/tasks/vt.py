@@ -11,8 +11,8 @@ from agentrt.evals.tasks.base import (
     TokenCounter,
     exact_match,
     fit_count,
-    followup_targets,
     normalise,
+    reference_with_followups,
 )
 from agentrt.evals.tasks.filler import filler, fractions, var_names, weave
 
@@ -48,36 +48,36 @@ class VariableTrackingTask:
                 inserts.append((depths[h], f"VAR {chain[h]} = {chain[h - 1]}."))
         inserts.sort(key=lambda x: x[0])
         target = rng.randrange(self.chains)
-        chain, value = chains[target], values[target]
-        question = f"What is the value of the variable {chain[-1]}?"
+
+        def question(c: int) -> str:
+            return f"What is the value of the variable {chains[c][-1]}?"
+
+        def reply(c: int) -> str:
+            chain = chains[c]
+            steps = [f"{chain[h]} = {chain[h - 1]}." for h in range(self.hops - 1, 0, -1)]
+            steps.append(f"{chain[0]} = {values[c]}.")
+            return " ".join(steps) + f"\nAnswer: {values[c]}"
 
         def build(n: int) -> list[dict]:
             doc = weave(filler(seed, n), inserts)
             user = (
                 "The document assigns variables with lines like 'VAR X = 5.' or 'VAR Y = X.' "
-                f"(Y takes the value of X).\n\nDocument:\n{doc}\n\nQuestion: {question}"
+                f"(Y takes the value of X).\n\nDocument:\n{doc}\n\nQuestion: {question(target)}"
             )
             return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
         messages = fit_count(build, lambda m: count(m, None), length)
-        reference = [{"role": "assistant", "content": self._reply(chain, value)}]
-        for c in followup_targets(f"vt/{seed}", target, self.chains, self.followups):
-            ask = f"Question: What is the value of the variable {chains[c][-1]}?"
-            reference.append({"role": "user", "content": ask})
-            reference.append({"role": "assistant", "content": self._reply(chains[c], values[c])})
+        reference = reference_with_followups(
+            f"vt/{seed}", target, self.chains, self.followups, question, reply
+        )
         return Item(
             id=f"vt-{length}-{seed}",
             task=self.name,
             messages=tuple(messages),
-            reference=tuple(reference),
-            answer=normalise(str(value)),
+            reference=reference,
+            answer=normalise(str(values[target])),
             prompt_tokens=count(messages, None),
         )
-
-    def _reply(self, chain: list[str], value: int) -> str:
-        steps = [f"{chain[h]} = {chain[h - 1]}." for h in range(self.hops - 1, 0, -1)]
-        steps.append(f"{chain[0]} = {value}.")
-        return " ".join(steps) + f"\nAnswer: {value}"
 
     def score(self, item: Item, replies: list[str]) -> float:
         """Exact match of the extracted final answer."""
