@@ -1,0 +1,1 @@
+"""The agent loop on `Session` + `tools.ToolRegistry`, and task files (`agentrt run`)."""
