@@ -52,9 +52,12 @@ def check_pool(kv_pool: torch.Tensor, head_dim: int | None = None) -> tuple[int,
         raise ValueError(f"kv_pool must be contiguous, got strides {kv_pool.stride()}")
     if head_dim is not None and d != head_dim:
         raise ValueError(f"kv_pool head_dim {d} != query/key head_dim {head_dim}")
-    if not MIN_HEAD_DIM <= d <= MAX_HEAD_DIM:
-        raise ValueError(f"head_dim must be in [{MIN_HEAD_DIM}, {MAX_HEAD_DIM}], got {d}")
     return num_blocks, block_size, d
+
+
+def triton_head_dim_ok(head_dim: int) -> bool:
+    """Whether the Triton kernels' tiles take this head_dim (the reference takes any)."""
+    return MIN_HEAD_DIM <= head_dim <= MAX_HEAD_DIM
 
 
 def check_slot_expiry(slot_expiry: torch.Tensor, kv_pool: torch.Tensor) -> None:

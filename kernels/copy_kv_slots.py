@@ -32,7 +32,7 @@ def copy_kv_slots(
     if src.shape != dst.shape:
         raise ValueError(f"src and dst must have one length, got {src.shape[0]} and {dst.shape[0]}")
     val.check_same_device(kv_pool=kv_pool, slot_expiry=slot_expiry, src=src, dst=dst)
-    if backend_for(kv_pool) == "reference":
+    if backend_for(kv_pool, head_dim=kv_pool.shape[3]) == "reference":
         _reference(kv_pool, slot_expiry, src, dst)
         return
     val.check_triton_dtype("kv_pool", kv_pool)

@@ -95,7 +95,7 @@ def dms_prefill_attention(
     """
     _check(q, k, v, k_expiry, positions, cu_seqlens, kv_pool, slot_expiry, block_tables, cache_lens)
     args = (q, k, v, k_expiry, positions, cu_seqlens, kv_pool, slot_expiry, block_tables)
-    if backend_for(q) == "reference":
+    if backend_for(q, head_dim=q.shape[-1]) == "reference":
         return _reference(*args, cache_lens, scale)
     val.check_triton_dtype("q", q)
     impl = importlib.import_module("agentrt.kernels._dms_prefill_triton")

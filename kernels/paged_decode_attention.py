@@ -64,7 +64,7 @@ def paged_decode_attention(
     if num_splits is not None and not 1 <= num_splits <= MAX_SPLITS:
         raise ValueError(f"num_splits must be in [1, {MAX_SPLITS}], got {num_splits}")
 
-    if backend_for(q) == "reference":
+    if backend_for(q, head_dim=q.shape[2]) == "reference":
         return _reference(q, kv_pool, block_tables, cache_lens, scale, num_splits)
     val.check_triton_dtype("q", q)
     if num_splits is None:

@@ -42,7 +42,7 @@ def write_kv_slots(
     val.check_same_device(
         kv_pool=kv_pool, slot_expiry=slot_expiry, slot_mapping=slot_mapping, k=k, v=v, expiry=expiry
     )
-    if backend_for(kv_pool) == "reference":
+    if backend_for(kv_pool, head_dim=head_dim) == "reference":
         _reference(kv_pool, slot_expiry, slot_mapping, k, v, expiry)
         return
     val.check_triton_dtype("kv_pool", kv_pool)

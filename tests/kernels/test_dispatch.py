@@ -84,3 +84,16 @@ print("triton" in sys.modules)
     )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("head_dim", [8, 512])
+def test_head_dims_outside_the_triton_tiles_go_to_the_reference(
+    head_dim: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("AGENTRT_KERNELS", raising=False)
+    assert K.backend_for(torch.zeros(1), head_dim=head_dim) == "reference"
+    monkeypatch.setenv("AGENTRT_KERNELS", "triton")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert K.backend_for(torch.zeros(1), head_dim=64) == "triton"
+    with pytest.raises(ValueError, match=f"head_dim {head_dim} is outside.*AGENTRT_KERNELS=auto"):
+        K.backend_for(torch.zeros(1), head_dim=head_dim)
