@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from agentrt.errors import ConfigError, ToolError
-from agentrt.tools import PermissionPolicy, SandboxLimits, ToolRegistry, builtin_registry
+from agentrt.tools import PermissionPolicy, SandboxLimits, ToolRegistry, builtin_registry, sandbox
 
 pytestmark = pytest.mark.skipif(os.name != "posix", reason="the sandbox needs POSIX rlimits")
 
@@ -18,6 +18,14 @@ pytestmark = pytest.mark.skipif(os.name != "posix", reason="the sandbox needs PO
 def tools(tmp_path: Path) -> ToolRegistry:
     policy = PermissionPolicy(tmp_path, allow_python=True)
     return builtin_registry(policy, SandboxLimits(memory_mb=256, max_output_chars=2000))
+
+
+@pytest.fixture(params=["host", "session"])
+def isolation_mode(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run a test with this host's isolation, and again with the no-namespace fallback."""
+    if request.param == "session":
+        monkeypatch.setattr(sandbox, "namespace_prefix", lambda network: ())
+    return request.param
 
 
 def _still_growing(path: Path, wait_s: float = 0.6) -> bool:
@@ -68,7 +76,9 @@ def test_output_truncated(tools: ToolRegistry) -> None:
     assert out == "é" * 2000 + "\n[output truncated: showed 2000 characters; 2001 more bytes]"
 
 
-def test_timeout_kills_the_process_group(tools: ToolRegistry, tmp_path: Path) -> None:
+def test_timeout_kills_the_process_group(
+    tools: ToolRegistry, tmp_path: Path, isolation_mode: str
+) -> None:
     # Pids are not compared: inside a PID namespace they mean nothing outside; a heartbeat
     # file shows whether anything the code started is still running.
     code = (
@@ -85,7 +95,7 @@ def test_timeout_kills_the_process_group(tools: ToolRegistry, tmp_path: Path) ->
 
 @pytest.mark.parametrize("escape", ["os.setpgid(0, 0)", "os.setsid()", "double-fork+setsid"])
 def test_children_that_leave_the_process_group_are_killed(
-    tools: ToolRegistry, tmp_path: Path, escape: str
+    tools: ToolRegistry, tmp_path: Path, escape: str, isolation_mode: str
 ) -> None:
     if escape == "double-fork+setsid":
         leave = "if os.fork(): os._exit(0)\nos.setsid()\nif os.fork(): os._exit(0)\n"
@@ -131,7 +141,7 @@ def test_limits_validated_processes() -> None:
         SandboxLimits(max_processes=0)
 
 
-def test_memory_cap_is_for_all_processes_together(tmp_path: Path) -> None:
+def test_memory_cap_is_for_all_processes_together(tmp_path: Path, isolation_mode: str) -> None:
     if not Path("/proc/self/statm").exists():
         pytest.skip("the summed memory cap reads /proc (Linux)")
     tools = builtin_registry(
@@ -220,7 +230,7 @@ def test_network_is_blocked_where_namespaces_exist(tools: ToolRegistry) -> None:
         assert tools.call("python", {"code": code}).startswith("refused")
 
 
-def test_process_count_is_capped(tmp_path: Path) -> None:
+def test_process_count_is_capped(tmp_path: Path, isolation_mode: str) -> None:
     # RLIMIT_NPROC refuses the fork (not for root); the supervisor's count kills the run
     if not Path("/proc/self/task").exists():
         pytest.skip("the supervisor counts processes through /proc (Linux)")
@@ -243,3 +253,20 @@ def test_process_count_is_capped(tmp_path: Path) -> None:
     # the code itself counts: RLIMIT_NPROC (non-root) refuses its 4th child
     refused = out == "refused after 3\n"
     assert refused or out.endswith("[killed: the code ran more than 4 processes at once]"), out
+
+
+def test_children_are_killed_when_the_code_kills_its_supervisor(
+    tools: ToolRegistry, tmp_path: Path, isolation_mode: str
+) -> None:
+    # with namespaces the supervisor is PID 1 there and the kill is ignored; without, agentrt
+    # kills what is left of the supervisor's session
+    code = (
+        "import os, signal, subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, '-c', {_HEARTBEAT!r}])\n"
+        "time.sleep(0.3)\n"
+        "os.kill(os.getppid(), signal.SIGKILL)\n"
+        "time.sleep(0.3)\n"
+    )
+    tools.call("python", {"code": code})
+    assert (tmp_path / "beat").exists()
+    assert not _still_growing(tmp_path / "beat"), "a child outlived its killed supervisor"
