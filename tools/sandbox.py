@@ -111,12 +111,12 @@ def _output(out: tempfile._TemporaryFileWrapper[bytes], limit: int) -> str:
     """The captured output cut to `limit` characters, with an exact note of what was left out."""
     total = os.fstat(out.fileno()).st_size
     out.seek(0)
-    text = out.read(limit * 4).decode("utf-8", errors="replace")
-    if len(text) > limit:
-        text = text[:limit]
-    shown = len(text.encode("utf-8", errors="replace"))
-    if total > shown:
-        text += f"\n[output truncated: showed {limit} characters; {total - shown} more bytes]"
+    # surrogateescape keeps one character per undecodable byte, so the count stays exact
+    chunk = out.read(limit * 4).decode("utf-8", errors="surrogateescape")[:limit]
+    raw = chunk.encode("utf-8", errors="surrogateescape")
+    text = raw.decode("utf-8", errors="replace")
+    if total > len(raw):
+        text += f"\n[output truncated: showed {limit} characters; {total - len(raw)} more bytes]"
     return text
 
 

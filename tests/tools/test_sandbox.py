@@ -74,6 +74,9 @@ def test_output_truncated(tools: ToolRegistry) -> None:
     assert out == "x" * 2000 + "\n[output truncated: showed 2000 characters; 8001 more bytes]"
     out = tools.call("python", {"code": "print('é' * 3000)"})  # 2 bytes per character
     assert out == "é" * 2000 + "\n[output truncated: showed 2000 characters; 2001 more bytes]"
+    code = "import sys; sys.stdout.buffer.write(b'\\xff' * 2500)"  # undecodable bytes
+    out = tools.call("python", {"code": code})
+    assert out == "\ufffd" * 2000 + "\n[output truncated: showed 2000 characters; 500 more bytes]"
 
 
 def test_timeout_kills_the_process_group(
