@@ -25,6 +25,7 @@ from agentrt.errors import ConfigError, ToolError
 _SUPERVISOR = Path(__file__).with_name("sandbox_supervisor.py")
 _GRACE_S = 10.0  # how long past the timeout agentrt waits for the supervisor before killing it
 _LOCALE = {"LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"}
+MAX_CODE_CHARS = 100_000  # the code travels as one argv string (Linux caps those at 128 KiB)
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,8 @@ def run_python(code: str, workspace: Path, timeout_s: float, limits: SandboxLimi
         raise ToolError(f"timeout_s={timeout_s!r} must be > 0 and <= {limits.max_timeout_s:g} s")
     if os.name != "posix":
         raise ToolError("the python tool needs a POSIX system (resource limits, process groups)")
+    if len(code) > MAX_CODE_CHARS:
+        raise ToolError(f"code longer than {MAX_CODE_CHARS} characters; write it to a file first")
     settings = {
         "python": sys.executable,
         "code": code,

@@ -139,6 +139,11 @@ def test_limits_validated() -> None:
         SandboxLimits(memory_mb=0)
 
 
+def test_code_size_is_capped(tools: ToolRegistry) -> None:
+    with pytest.raises(ToolError, match="code longer than 100000"):
+        tools.call("python", {"code": "#" * 100_001})
+
+
 def test_limits_validated_processes() -> None:
     with pytest.raises(ConfigError, match="max_processes"):
         SandboxLimits(max_processes=0)
