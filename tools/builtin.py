@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 
 from agentrt.errors import ToolError
@@ -11,35 +10,12 @@ from agentrt.tools.calculator import calculate
 from agentrt.tools.policy import PermissionPolicy
 from agentrt.tools.registry import Tool, ToolRegistry
 from agentrt.tools.sandbox import SandboxLimits, run_python
+from agentrt.tools.search import search_text as search_workspace
+from agentrt.tools.workspace import confine, describe_entry, open_file, rel
 
 MAX_READ_BYTES = 1024 * 1024
 MAX_WRITE_BYTES = 1024 * 1024
-MAX_SEARCH_FILE_BYTES = 2 * 1024 * 1024
-MAX_HITS = 1000
 MAX_LIST_ENTRIES = 1000
-SKIP_DIRS = {".git", ".hg", ".svn", "__pycache__", ".venv", "node_modules"}
-
-
-def confine(workspace: Path, path: str) -> Path:
-    """`path` (relative to the workspace, or absolute) resolved; ToolError if it leaves the workspace."""
-    if "\x00" in path:
-        raise ToolError("path contains a NUL character")
-    candidate = Path(path) if Path(path).is_absolute() else workspace / path
-    resolved = candidate.resolve()
-    if not resolved.is_relative_to(workspace):
-        raise ToolError(f"path {path!r} is outside the workspace; use a path inside it")
-    return resolved
-
-
-def _rel(workspace: Path, path: Path) -> str:
-    """`path` relative to the workspace, with '/' separators."""
-    rel = path.relative_to(workspace).as_posix()
-    return rel or "."
-
-
-def _is_binary(head: bytes) -> bool:
-    """Whether a file's first bytes look binary (contain NUL)."""
-    return b"\x00" in head
 
 
 def calculator(expression: str) -> str:
@@ -55,10 +31,8 @@ def make_file_tools(workspace: Path) -> list[Tool]:
         if not 0 < max_bytes <= MAX_READ_BYTES:
             raise ToolError(f"max_bytes must be between 1 and {MAX_READ_BYTES}")
         target = confine(workspace, path)
-        if not target.is_file():
-            raise ToolError(f"{path!r} is not a file in the workspace")
-        size = target.stat().st_size
-        with target.open("rb") as f:
+        with os.fdopen(open_file(workspace, target, path), "rb") as f:
+            size = os.fstat(f.fileno()).st_size
             data = f.read(max_bytes)
         text = data.decode("utf-8", errors="replace")
         if size > len(data):
@@ -70,54 +44,18 @@ def make_file_tools(workspace: Path) -> list[Tool]:
         target = confine(workspace, path)
         if not target.is_dir():
             raise ToolError(f"{path!r} is not a directory in the workspace")
-        lines: list[str] = []
-        entries = sorted(target.iterdir(), key=lambda p: p.name)
-        for entry in entries[:MAX_LIST_ENTRIES]:
-            if entry.is_symlink() and not entry.resolve().is_relative_to(workspace):
-                lines.append(f"{entry.name} -> (outside the workspace)")
-            elif entry.is_dir():
-                lines.append(f"{entry.name}/")
-            else:
-                lines.append(f"{entry.name}  ({entry.stat().st_size} bytes)")
+        try:
+            entries = sorted(target.iterdir(), key=lambda p: p.name)
+        except OSError as exc:
+            raise ToolError(f"cannot list {path!r}: {exc.strerror}") from None
+        lines = [describe_entry(workspace, entry) for entry in entries[:MAX_LIST_ENTRIES]]
         if len(entries) > MAX_LIST_ENTRIES:
             lines.append(f"[{len(entries) - MAX_LIST_ENTRIES} more entries not shown]")
         return "\n".join(lines) if lines else "(empty directory)"
 
     def search_text(pattern: str, path: str = ".", max_hits: int = 50) -> str:
-        """Search text files in the workspace for a regex; one 'file:line: text' per hit."""
-        if not 0 < max_hits <= MAX_HITS:
-            raise ToolError(f"max_hits must be between 1 and {MAX_HITS}")
-        try:
-            regex = re.compile(pattern)
-        except re.error as exc:
-            raise ToolError(f"invalid regular expression {pattern!r}: {exc}") from None
-        root = confine(workspace, path)
-        if root.is_file():
-            files = [root]
-        elif root.is_dir():
-            files = []
-            for dirpath, dirnames, filenames in os.walk(root):
-                dirnames[:] = sorted(d for d in dirnames if d not in SKIP_DIRS)
-                files.extend(Path(dirpath) / name for name in sorted(filenames))
-        else:
-            raise ToolError(f"{path!r} does not exist in the workspace")
-        hits: list[str] = []
-        for file in files:
-            real = file.resolve()
-            if not real.is_relative_to(workspace) or not real.is_file():
-                continue  # a symlink pointing out of the workspace, or a dangling one
-            if real.stat().st_size > MAX_SEARCH_FILE_BYTES:
-                continue
-            data = real.read_bytes()
-            if _is_binary(data[:8192]):
-                continue
-            text = data.decode("utf-8", errors="replace")
-            for number, line in enumerate(text.splitlines(), start=1):
-                if regex.search(line):
-                    hits.append(f"{_rel(workspace, file)}:{number}: {line.strip()[:200]}")
-                    if len(hits) >= max_hits:
-                        return "\n".join(hits) + f"\n[stopped after {max_hits} hits]"
-        return "\n".join(hits) if hits else "no matches"
+        """Search text files in the workspace for an RE2 regex; one 'file:line: text' per hit."""
+        return search_workspace(workspace, pattern, path, max_hits)
 
     return [Tool.from_function(f) for f in (read_file, list_dir, search_text)]
 
@@ -133,9 +71,10 @@ def make_write_file(workspace: Path) -> Tool:
         target = confine(workspace, path)
         if target.is_dir():
             raise ToolError(f"{path!r} is a directory")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(data)
-        return f"wrote {len(data)} bytes to {_rel(workspace, target)}"
+        with os.fdopen(open_file(workspace, target, path, write=True), "wb") as f:
+            f.truncate(0)
+            f.write(data)
+        return f"wrote {len(data)} bytes to {rel(workspace, target)}"
 
     return Tool.from_function(write_file, permission="write")
 
