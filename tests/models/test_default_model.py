@@ -121,7 +121,7 @@ def test_shipped_adapters_compress_a_long_document_and_stay_coherent(home: Path)
         try:
             ids = held_out_document(eng.tokenizer)
             session = eng.new_session()
-            nll[mode] = continuation_nll(session, ids[:8192], ids[8192 : 8192 + 64])
+            nll[mode] = continuation_nll(session, ids[:8192], ids[8192 : 8192 + 32])
             if mode == "on":
                 stats = session.stats()
                 assert stats["compression_ratio"] >= 6.0, stats["compression_ratio"]
