@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from agentrt.errors import AgentRTError, BudgetError, ModelLoadError, SessionError
+from agentrt.errors import AgentRTError, BudgetError, SessionError
 from agentrt.memory import SwapManager
 from agentrt.persistence import AutosavePolicy, Persistence
 from agentrt.sampling import SamplingParams, sample_token
@@ -93,23 +93,17 @@ class Engine:
         dms: Any = None,
         **kwargs: Any,
     ) -> Engine:
-        """Load a model folder or hub id (plain or DMS) and build an engine around it.
+        """Load a model (known name, folder or hub id; plain or DMS) and build an engine around it.
 
-        `model=None` serves the default: `AGENTRT_MODEL`, else the bundled demo model.
+        `model=None` serves the default: `AGENTRT_MODEL`, else `smollm2-135m-instruct`
+        (prepared on first use, docs/MODELS.md); `dms="off"` serves it dense.
         """
-        from agentrt.dms import load_model
+        from agentrt.models.resolve import load_resolved
 
-        if model is None:
-            from agentrt.settings import default_model
-
-            model = default_model()
-            if model is None:
-                raise ModelLoadError(
-                    "no model given and this install has no bundled demo model",
-                    hint="pass a model folder or hub id, or set AGENTRT_MODEL",
-                )
-
-        return cls(load_model(model, dms=dms, device=resolve_device(device), dtype=dtype), **kwargs)
+        loaded = load_resolved(
+            model, dms=dms, device=resolve_device(device), dtype=dtype, home=kwargs.get("home")
+        )
+        return cls(loaded, **kwargs)
 
     # -- sessions ------------------------------------------------------------------------
     def new_session(

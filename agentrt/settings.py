@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agentrt.errors import ConfigError
+from agentrt.models.registry import DEFAULT_MODEL
 
 ENV_HOME = "AGENTRT_HOME"
 ENV_DB = "AGENTRT_DB"
@@ -15,7 +16,6 @@ ENV_DEVICE = "AGENTRT_DEVICE"
 ENV_KERNELS = "AGENTRT_KERNELS"
 
 _DEVICES = ("auto", "cpu", "cuda")
-BUNDLED_MODEL = "data/demo-model"  # inside the agentrt package: the demo model (docs/DEMO_MODEL.md)
 
 
 @dataclass(frozen=True)
@@ -24,7 +24,7 @@ class Settings:
 
     home: Path
     db_url: str
-    model: str | None
+    model: str  # a known model name (docs/MODELS.md), a model folder or a hub id
     device: str
 
     @property
@@ -33,16 +33,9 @@ class Settings:
         return self.home / "checkpoints"
 
 
-def bundled_model() -> Path | None:
-    """The folder of the demo model shipped inside the package, or None if this install lacks it."""
-    folder = Path(__file__).resolve().parent / BUNDLED_MODEL
-    return folder if (folder / "config.json").is_file() else None
-
-
-def default_model() -> str | None:
-    """The model to serve when none is given: `$AGENTRT_MODEL`, else the bundled demo model."""
-    demo = bundled_model()
-    return os.environ.get(ENV_MODEL) or (str(demo) if demo else None)
+def default_model() -> str:
+    """The model to serve when none is given: `$AGENTRT_MODEL`, else `smollm2-135m-instruct`."""
+    return os.environ.get(ENV_MODEL) or DEFAULT_MODEL
 
 
 def home_dir() -> Path:
@@ -60,7 +53,7 @@ def load_settings(
 ) -> Settings:
     """Resolve settings with precedence: explicit argument (CLI flag) > environment > default.
 
-    The default model is the bundled demo model (when this install ships it).
+    The default model is `smollm2-135m-instruct` (prepared on first use, docs/MODELS.md).
     """
     home_path = Path(home).expanduser() if home else home_dir()
     db_url = db or os.environ.get(ENV_DB) or f"sqlite:///{home_path / 'agentrt.db'}"

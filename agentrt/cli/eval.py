@@ -12,11 +12,12 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from agentrt.cli.options import device_option, model_option, resolve_settings
+from agentrt.cli.options import device_option, dms_option, model_option, resolve_settings
 
 
 @click.command("eval", short_help="Accuracy vs KV compression: DMS and the cache baselines.")
 @model_option
+@dms_option
 @device_option
 @click.option("--tasks", default="niah,vt,arith,agent", show_default=True, help="Tasks to run.")
 @click.option(
@@ -69,6 +70,7 @@ def eval_cmd(
     chunk: int,
     text_file: Path | None,
     out: Path,
+    dms_mode: str,
     **_: object,
 ) -> None:
     """Serve the task suite through the paged KV cache under each policy and compression ratio.
@@ -99,17 +101,21 @@ def eval_cmd(
     text = _read_text(text_file) if text_file else None
     run_tasks = text is None or ctx.get_parameter_source("tasks") is ParameterSource.COMMANDLINE
     settings = resolve_settings(ctx)
-    if not settings.model:
-        raise ConfigError("no model given", hint="pass --model PATH or set AGENTRT_MODEL")
 
-    from agentrt.dms import load_model
     from agentrt.engine import resolve_device
     from agentrt.evals.plot import plot_accuracy, plot_text
     from agentrt.evals.result import EvalResult
     from agentrt.evals.runner import evaluate
     from agentrt.evals.text_eval import evaluate_text
+    from agentrt.models.resolve import load_resolved
 
-    model = load_model(settings.model, device=resolve_device(settings.device))
+    model = load_resolved(
+        settings.model,
+        dms=dms_mode,
+        device=resolve_device(settings.device),
+        home=settings.home,
+        progress=(ctx.obj or {}).get("verbosity", 0) >= 0,
+    )
     if model.tokenizer is None:
         raise ModelLoadError(
             f"{settings.model} has no tokenizer", hint="save the tokenizer into the model folder"

@@ -19,7 +19,8 @@ Environment (a flag always wins over its variable):
   AGENTRT_HOME    state folder (default ~/.agentrt)
   AGENTRT_DB      SQLAlchemy URL of the metadata database
                   (default sqlite:///$AGENTRT_HOME/agentrt.db)
-  AGENTRT_MODEL   default model (folder or hub id; unset: the bundled demo model)
+  AGENTRT_MODEL   default model (known name, folder or hub id;
+                  unset: smollm2-135m-instruct, see `agentrt models ls`)
   AGENTRT_DEVICE  auto, cpu, cuda or cuda:N (default auto)
 
 \b
@@ -96,6 +97,9 @@ def _register() -> None:
     from agentrt.cli import eval as eval_command
 
     cli.add_command(eval_command.eval_cmd)
+    from agentrt.cli import models
+
+    cli.add_command(models.models)
 
 
 _register()

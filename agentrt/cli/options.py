@@ -40,7 +40,16 @@ model_option = click.option(
     show_envvar=True,
     metavar="PATH_OR_ID",
     default=None,
-    help="Model folder or hub id to serve.",
+    help="Model to serve: a known name (agentrt models ls), a folder or a hub id. "
+    "Default: smollm2-135m-instruct.",
+)
+dms_option = click.option(
+    "--dms",
+    "dms_mode",
+    type=click.Choice(["on", "off"]),
+    default="on",
+    show_default=True,
+    help="off: serve the model dense (no DMS adapters, no eviction).",
 )
 device_option = click.option(
     "--device",
@@ -85,6 +94,7 @@ def resolve_settings(ctx: click.Context) -> Settings:
 
 __all__ = [
     "db_option",
+    "dms_option",
     "device_option",
     "home_option",
     "model_option",

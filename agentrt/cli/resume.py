@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 def pick_model(ctx: click.Context, info: SessionInfo, default: str | None) -> str:
     """The model to serve a session with: --model, else its recorded folder, else the default
-    (AGENTRT_MODEL, else the bundled demo model).
+    (AGENTRT_MODEL, else smollm2-135m-instruct).
 
     A recorded model that is not a folder on this machine (an imported session, a moved
     folder, a model built in memory) needs --model; the checkpoint's fingerprint check then

@@ -282,13 +282,13 @@ def verified_model(home: Path, model_dir: Path, ckpt: CheckpointInfo) -> str:
     import torch
     from safetensors import safe_open
 
-    from agentrt.dms import load_model
+    from agentrt.models.resolve import load_resolved
     from agentrt.sessions import load_checkpoint, model_fingerprint
 
     path = home / ckpt.file
     with safe_open(str(path), framework="numpy") as f:
         dtype = getattr(torch, (f.metadata() or {}).get("dtype", "float32"))
-    model = load_model(model_dir, device="cpu", dtype=dtype)
+    model = load_resolved(model_dir, device="cpu", dtype=dtype, home=home)
     fingerprint = model_fingerprint(model, model_dir=model.source_dir, cache_dir=home)
     load_checkpoint(
         path, expected_sha256=ckpt.sha256, expected_size=ckpt.size_bytes, fingerprint=fingerprint

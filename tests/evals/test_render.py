@@ -1,4 +1,4 @@
-"""Chat rendering: the demo template, the plain fallback, stop tokens and delta prefills."""
+"""Chat rendering: the test template, the plain fallback, stop tokens and delta prefills."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import copy
 
 import pytest
 
-from agentrt.demo.chat_template import render
 from agentrt.evals.render import (
     PLAIN_STOPS,
     delta_ids,
@@ -18,12 +17,13 @@ from agentrt.evals.render import (
     token_counter,
 )
 from agentrt.evals.tasks import TASKS
+from tests.evals.chat_template import render
 from tests.evals.helpers import small_tokenizer
 
 
 @pytest.fixture(scope="module")
 def tok():
-    """The small demo tokenizer (has the chat template)."""
+    """The small test tokenizer (has the chat template)."""
     return small_tokenizer()
 
 
@@ -40,7 +40,7 @@ def agent_item(tok):
     return TASKS["agent"].generate(5, 600, token_counter(tok))
 
 
-def test_demo_template_renders_the_same_in_transformers_and_jinja(tok) -> None:
+def test_test_template_renders_the_same_in_transformers_and_jinja(tok) -> None:
     item = agent_item(tok)
     conv = item.conversation()
     hf = tok.apply_chat_template(conv, tools=item.tool_list, tokenize=False)

@@ -18,7 +18,7 @@ LENGTHS = [512, 1536]
 
 @pytest.fixture(scope="module")
 def count():
-    """Prompt token counter of the small demo tokenizer."""
+    """Prompt token counter of the small test tokenizer."""
     return token_counter(small_tokenizer())
 
 

@@ -17,7 +17,7 @@ TEXT = " ".join(filler(7, 120))
 
 @pytest.fixture(scope="module")
 def model():
-    """A plain tiny model with the small demo tokenizer."""
+    """A plain tiny model with the small test tokenizer."""
     return tiny_eval_model()
 
 

@@ -1,4 +1,4 @@
-"""The demo tokenizer's chat template: ChatML with Hermes/Qwen tool definitions and a `tool` role.
+"""The test tokenizer's chat template: ChatML with Hermes/Qwen tool definitions and a `tool` role.
 
 Rendering of a chat with tools::
 
@@ -86,7 +86,7 @@ def render(
     *,
     add_generation_prompt: bool = False,
 ) -> str:
-    """Render with jinja2 alone (no tokenizer needed: used to build the tokenizer's corpus)."""
+    """Render with jinja2 alone (no tokenizer needed: builds the test tokenizer's corpus)."""
     return _compiled().render(
         messages=messages, tools=tools, add_generation_prompt=add_generation_prompt
     )
