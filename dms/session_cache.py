@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from agentrt.dms.cache_spec import compression_ratio
 from agentrt.dms.kv_pool import KEEP_FOREVER, KVPool
 
 
@@ -70,6 +71,15 @@ class SessionCache:
         """Pool blocks referenced by this session (shared blocks count for each owner)."""
         return sum(len(b) for row in self.blocks for b in row)
 
+    @property
+    def blocks_exclusive(self) -> int:
+        """Pool blocks that freeing this cache would return (not shared with a fork)."""
+        if not self.forked:
+            return self.blocks_held
+        return sum(
+            1 for row in self.blocks for b in row for blk in b if self.pool.refcount(blk) == 1
+        )
+
     def flat_slot(self, layer: int, head: int, slot: int) -> int:
         """Flat pool index of stream slot `slot`."""
         bs = self.pool.block_size
@@ -90,12 +100,12 @@ class SessionCache:
 
     def blocks_needed(self, num_new: int) -> int:
         """Upper bound of new pool blocks one step of num_new tokens may take (appends + CoW)."""
-        bs = self.pool.block_size
+        spec = self.pool.spec
         need = 0
         for layer in range(self.num_layers):
             for h in range(self.num_kv_heads):
                 n, blocks = self.lens[layer][h], self.blocks[layer][h]
-                grow = max(0, -(-(n + num_new) // bs) - len(blocks))
+                grow = max(0, spec.blocks_for_slots(n + num_new) - len(blocks))
                 shared = sum(1 for b in blocks if self.pool.is_shared(b)) if self.forked else 0
                 need += grow + shared
         return need
@@ -107,7 +117,7 @@ class SessionCache:
         slots = self.slots_held
         per_stream = torch.tensor(self.lens, dtype=torch.float64)  # [L, H_kv]
         tokens = self.next_pos
-        ratio = (tokens * streams / slots) if slots else 1.0
+        ratio = compression_ratio(tokens, self.lens)
         return {
             "tokens": tokens,
             "slots": slots,
@@ -239,7 +249,7 @@ class SessionCache:
             hit = (ring_slot == src).nonzero()
             if hit.numel():
                 ring_slot[int(hit[0, 0])] = dst
-        plan.shrink.append((head, -(-new_len // self.pool.block_size)))
+        plan.shrink.append((head, self.pool.spec.blocks_for_slots(new_len)))
         return new_len
 
     def plan_evict(self, layer: int, head: int, slots: list[int]) -> LayerPlan:
@@ -267,7 +277,7 @@ class SessionCache:
 
     def _grow(self, layer: int, head: int, slots: int) -> None:
         blocks = self.blocks[layer][head]
-        need = -(-slots // self.pool.block_size) - len(blocks)
+        need = self.pool.spec.blocks_for_slots(slots) - len(blocks)
         if need > 0:
             blocks.extend(self.pool.allocate(need))
 
@@ -278,6 +288,22 @@ class SessionCache:
             extra = blocks[keep:]
             del blocks[keep:]
             self.pool.free(extra)
+
+    # -- packing (swap and checkpoint share this one format) -------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every stream's live slots and the ring as CPU tensors (`agentrt.dms.cache_state`)."""
+        from agentrt.dms.cache_state import pack_state
+
+        return pack_state(self)
+
+    @classmethod
+    def from_state(
+        cls, state: dict[str, torch.Tensor], pool: KVPool, *, window: int
+    ) -> SessionCache:
+        """Rebuild a cache from `state_dict()` in `pool` (any block size or device)."""
+        from agentrt.dms.cache_state import unpack_state
+
+        return unpack_state(state, pool, window=window)
 
     # -- lifetime ------------------------------------------------------------------------
     def fork(self) -> SessionCache:
