@@ -74,7 +74,7 @@ def unpack_state(state: dict[str, torch.Tensor], pool: KVPool, *, window: int) -
     if need > pool.num_free:
         raise BudgetError(
             f"restoring this checkpoint needs {need} KV blocks "
-            f"({need * spec.bytes_per_block} bytes) but only {pool.num_free} of "
+            f"({spec.bytes_for([n for row in lens for n in row])} bytes) but only {pool.num_free} of "
             f"{pool.num_blocks} are free",
             hint="raise kv_budget, or close or swap out idle sessions",
         )

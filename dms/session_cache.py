@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from agentrt.dms.cache_spec import compression_ratio
@@ -37,6 +38,21 @@ class LayerPlan:
     shrink: list[tuple[int, int]] = field(
         default_factory=list
     )  # (head, blocks kept) after attention
+
+
+@dataclass
+class DecodeSlots:
+    """Where one decode token goes in every stream of a session, for all layers at once.
+
+    Stream-relative slots; flat pool indices come from `table`. The previous token's slot
+    (whose flag this token's decision settles) is −1 where it holds nothing (position 0, or
+    a baseline dropped it).
+    """
+
+    table: np.ndarray  # [L, H_kv, max_blocks] int64 block ids (padded with 0)
+    slot: np.ndarray  # [L, H_kv] int64 slot the new token is written to
+    prev: np.ndarray  # [L, H_kv] int64 slot of token start − 1, or −1
+    lens: np.ndarray  # [L, H_kv] int64 slots held after the write (what decode attends)
 
 
 class SessionCache:
@@ -235,6 +251,51 @@ class SessionCache:
         plan.write_expiry.extend([KEEP_FOREVER] * n)  # its own flag is owed
         plan.write_pos.extend([start] * n)
         return plan
+
+    def plan_decode_all(self, start: int) -> DecodeSlots:
+        """Host bookkeeping of one decode token at `start` for every layer at once.
+
+        Needs no decision of this step: the token leaving the window (start − W) had its flag
+        settled by an earlier step, so the slot choice is known before the forward. The flag
+        of token start − 1 is owed to this step's decision: the caller writes it on the
+        device with a mask, then hands the decisions back with `settle_decode`. Needs W ≥ 2
+        (window ≥ 1), or a model that never marks.
+        """
+        L, H, W = self.num_layers, self.num_kv_heads, self.ring_len
+        bs = self.pool.block_size
+        ring_slot = self.ring_slot.numpy()  # [L, H, W] views: writes go to the cache
+        ring_flag = self.ring_flag.numpy()
+        r_prev, r_new = (start - 1) % W, start % W
+        lens = np.asarray(self.lens, dtype=np.int64)  # [L, H]
+        leaving = ring_flag[:, :, r_new].copy() if start >= W else np.zeros((L, H), dtype=bool)
+        slot = np.where(leaving, ring_slot[:, :, r_new], lens)
+        grow = ~leaving & (slot % bs == 0)  # appending at a block boundary: maybe a new block
+        for layer, h in zip(*np.nonzero(grow), strict=True):
+            blocks = self.blocks[layer][h]
+            if int(slot[layer, h]) == len(blocks) * bs:
+                blocks.extend(self.pool.allocate(1))
+        new_lens = lens + ~leaving
+        self.lens = new_lens.tolist()
+        prev = ring_slot[:, :, r_prev].copy() if start > 0 else np.full((L, H), -1, np.int64)
+        if self.forked:  # copy-on-write before any write (the owed flag may write prev)
+            for layer in range(L):
+                for h in range(H):
+                    self._writable(layer, h, int(slot[layer, h]))
+                    if prev[layer, h] >= 0:
+                        self._writable(layer, h, int(prev[layer, h]))
+        ring_slot[:, :, r_new] = slot
+        ring_flag[:, :, r_new] = False  # the new token's own flag is owed
+        width = max(1, max(len(b) for row in self.blocks for b in row))
+        table = np.zeros((L, H, width), dtype=np.int64)
+        for layer, row in enumerate(self.blocks):
+            for h, blocks in enumerate(row):
+                table[layer, h, : len(blocks)] = blocks
+        return DecodeSlots(table=table, slot=slot, prev=prev, lens=new_lens)
+
+    def settle_decode(self, start: int, prev: np.ndarray, decisions: np.ndarray) -> None:
+        """Record the flag of token start − 1 (decisions [L, H_kv] bool of token `start`)."""
+        r_prev = (start - 1) % self.ring_len
+        self.ring_flag.numpy()[:, :, r_prev] |= decisions & (prev >= 0)
 
     def _compact(self, layer: int, head: int, n: int, holes: list[int], plan: LayerPlan) -> int:
         """Plan moves of live tail slots into `holes` (of n slots); returns the new length."""

@@ -4,7 +4,11 @@ from agentrt.kernels._validate import KEEP_FOREVER
 from agentrt.kernels.copy_kv_slots import copy_kv_slots
 from agentrt.kernels.dispatch import backend_for
 from agentrt.kernels.dms_prefill_attention import dms_prefill_attention
-from agentrt.kernels.paged_decode_attention import choose_num_splits, paged_decode_attention
+from agentrt.kernels.paged_decode_attention import (
+    choose_num_splits,
+    num_sms,
+    paged_decode_attention,
+)
 from agentrt.kernels.write_kv_slots import write_kv_slots
 
 __all__ = [
@@ -13,6 +17,7 @@ __all__ = [
     "choose_num_splits",
     "copy_kv_slots",
     "dms_prefill_attention",
+    "num_sms",
     "paged_decode_attention",
     "write_kv_slots",
 ]
