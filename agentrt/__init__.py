@@ -5,10 +5,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from agentrt import _hf_kernels
 from agentrt.errors import AgentRTError
-
-_hf_kernels.install()
 
 if TYPE_CHECKING:
     from agentrt.engine import Engine, SamplingParams, Session
