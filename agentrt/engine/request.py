@@ -8,12 +8,13 @@ from __future__ import annotations
 import collections
 import itertools
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
 
     from agentrt.engine.sampling import SamplingParams
+    from agentrt.engine.session import Session
 
 _ids = itertools.count()
 
@@ -22,7 +23,7 @@ _ids = itertools.count()
 class Request:
     """Tokens to feed into one session, then optionally sampling until a stop."""
 
-    session: Any  # the Session it feeds (opaque to the scheduler)
+    session: Session  # the session it feeds (opaque to the scheduler)
     pending: list[int]  # token ids still to feed
     generate: bool  # sample after the last pending token
     max_new_tokens: int = 0

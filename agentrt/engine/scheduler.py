@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
 from agentrt.engine.request import Request
 from agentrt.errors import ConfigError
+
+if TYPE_CHECKING:
+    from agentrt.engine.session import Session
 
 
 @dataclass(frozen=True)
@@ -36,8 +39,8 @@ class Reservation:
     """Room for one plan item: pool blocks held for it and the swaps that free them."""
 
     blocks: int = 0  # pool blocks this item may take (appends + copy-on-write)
-    swap_out: tuple[Any, ...] = ()  # idle sessions to move out of the pool first
-    swap_in: tuple[Any, ...] = ()  # the item's own session, when it is swapped out
+    swap_out: tuple[Session, ...] = ()  # idle sessions to move out of the pool first
+    swap_in: tuple[Session, ...] = ()  # the item's own session, when it is swapped out
 
 
 @dataclass
@@ -57,8 +60,8 @@ class StepPlan:
     num_prefill_tokens: int = 0
     num_decode_tokens: int = 0
     deferred: list[Request] = field(default_factory=list)  # did not fit in memory this step
-    swap_out: list[Any] = field(default_factory=list)  # sessions to swap out before the forward
-    swap_in: list[Any] = field(default_factory=list)  # planned sessions to bring back first
+    swap_out: list[Session] = field(default_factory=list)  # sessions to swap out before the forward
+    swap_in: list[Session] = field(default_factory=list)  # planned sessions to bring back first
 
 
 # reserve(request, n_tokens) -> a Reservation when the session can take n more tokens, else None
