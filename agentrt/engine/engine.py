@@ -66,7 +66,7 @@ class Engine:
     ) -> None:
         from agentrt.dms.budget import parse_bytes
         from agentrt.sessions.layout import SessionLayout
-        from agentrt.settings import load_settings
+        from agentrt.settings import Settings, load_settings
 
         self.model = model
         self.tokenizer = model.tokenizer
@@ -86,9 +86,13 @@ class Engine:
         )
         self.telemetry = Telemetry()
         self._lock = threading.RLock()
+        self._saving = threading.Lock()  # one checkpoint write at a time; never waits on _lock
         self._names = 0
         self.closed = False
-        settings = load_settings(home=str(home) if home else None, db=db)
+        if home is not None and db is not None:
+            settings = Settings(home=Path(home), db_url=db, model=None, device="auto")
+        else:
+            settings = load_settings(home=str(home) if home else None, db=db)
         layout = SessionLayout(home=settings.home, checkpoint_dir=settings.checkpoint_dir)
         self.persistence = Persistence(layout, settings.db_url, model, self.pool, self.window)
         self.autosave = autosave
@@ -187,8 +191,12 @@ class Engine:
                 raise SessionError(f"session {session.name!r} is busy; save it between calls")
             self._require_resident(session)
             snap = self.persistence.snapshot(session)
-        row = self.persistence.write(snap, session.db_id)
-        with self._lock:
+        with self._saving:  # holding it, never take the engine lock (close() saves under it)
+            if session.db_id is not None and snap.tokens < session.saved_tokens:
+                newer = self.persistence.store.latest_checkpoint(session.db_id)
+                if newer is not None:  # a later snapshot was written first: keep it newest
+                    return newer
+            row = self.persistence.write(snap, session.db_id)
             session.db_id = row.session_id
             session.saved_tokens = max(session.saved_tokens, snap.tokens)
             session.saved_at = time.monotonic()

@@ -10,7 +10,6 @@ to `agentrt.sessions`.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -91,7 +90,6 @@ class Persistence:
         self._store: SessionStore | None = None
         self._fingerprint: Fingerprint | None = None
         self._locks: dict[str, SessionLock] = {}
-        self._writing = threading.Lock()  # one checkpoint write at a time (rows stay ordered)
 
     # -- lazily opened pieces ----------------------------------------------------------------
     @property
@@ -160,43 +158,43 @@ class Persistence:
         )
 
     def write(self, snap: Snapshot, db_id: str | None) -> CheckpointInfo:
-        """Write the blob crash-safely, then its catalog rows (no engine lock needed)."""
-        from agentrt.sessions import save_checkpoint
+        """Write the blob crash-safely, then its catalog rows (no engine lock needed; the
+        engine runs one write at a time)."""
+        from agentrt.sessions.checkpoint import save_checkpoint
 
-        with self._writing:
-            store = self.store
-            if db_id is None:
-                dms = self.model.dms
-                db_id = store.create_session(
-                    snap.name,
-                    self.model_name(),
-                    self.fingerprint.digest,
-                    dms.to_hf_dict() if dms is not None else {},
-                ).id
-            self.lock(db_id, snap.name)
-            parent = store.latest_checkpoint(db_id)
-            path = self.layout.new_blob(db_id, snap.tokens)
-            info = save_checkpoint(
-                path,
-                snap.state,
-                token_ids=snap.token_ids,
-                fingerprint=self.fingerprint,
-                extra=snap.extra,
-                metadata={"session": snap.name, "seed": str(snap.seed)},
-            )
-            row = store.add_checkpoint(
-                db_id,
-                file=self.layout.relative(path),
-                size_bytes=info.size_bytes,
-                sha256=info.sha256,
-                tokens=info.tokens,
-                slots=info.slots,
-                compression_ratio=info.compression_ratio,
-                fingerprint=info.fingerprint,
-                format_version=info.format_version,
-                parent_id=parent.id if parent is not None else None,
-            )
-            store.update_session_stats(db_id, **snap.stats)
+        store = self.store
+        if db_id is None:
+            dms = self.model.dms
+            db_id = store.create_session(
+                snap.name,
+                self.model_name(),
+                self.fingerprint.digest,
+                dms.to_hf_dict() if dms is not None else {},
+            ).id
+        self.lock(db_id, snap.name)
+        parent = store.latest_checkpoint(db_id)
+        path = self.layout.new_blob(db_id, snap.tokens)
+        info = save_checkpoint(
+            path,
+            snap.state,
+            token_ids=snap.token_ids,
+            fingerprint=self.fingerprint,
+            extra=snap.extra,
+            metadata={"session": snap.name, "seed": str(snap.seed)},
+        )
+        row = store.add_checkpoint(
+            db_id,
+            file=self.layout.relative(path),
+            size_bytes=info.size_bytes,
+            sha256=info.sha256,
+            tokens=info.tokens,
+            slots=info.slots,
+            compression_ratio=info.compression_ratio,
+            fingerprint=info.fingerprint,
+            format_version=info.format_version,
+            parent_id=parent.id if parent is not None else None,
+        )
+        store.update_session_stats(db_id, **snap.stats)
         log.info("saved session %s (%d tokens, %d bytes)", snap.name, info.tokens, info.size_bytes)
         return row
 
