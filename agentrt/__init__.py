@@ -5,15 +5,10 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
-from agentrt import _hf_kernels
 from agentrt.errors import AgentRTError
 
-_hf_kernels.install()
-
 if TYPE_CHECKING:
-    from agentrt.engine import Engine
-    from agentrt.sampling import SamplingParams
-    from agentrt.session import Session
+    from agentrt.engine import Engine, SamplingParams, Session
 
 try:
     __version__ = version("agentrt")
@@ -22,8 +17,8 @@ except PackageNotFoundError:  # running from a source tree without install
 
 _LAZY = {
     "Engine": "agentrt.engine",
-    "Session": "agentrt.session",
-    "SamplingParams": "agentrt.sampling",
+    "Session": "agentrt.engine",
+    "SamplingParams": "agentrt.engine",
 }
 
 

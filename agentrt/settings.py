@@ -65,13 +65,3 @@ def load_settings(
             hint="use one of auto, cpu, cuda, cuda:N",
         )
     return Settings(home=home_path, db_url=db_url, model=model_name, device=dev)
-
-
-def redact_url(url: str) -> str:
-    """Hide the password of a database URL before it is shown or logged."""
-    if "://" not in url or "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    creds, host = rest.rsplit("@", 1)
-    user = creds.split(":", 1)[0]
-    return f"{scheme}://{user}:***@{host}" if ":" in creds else url

@@ -50,15 +50,18 @@ def parse_bytes(value: str | int) -> int:
     return int(number * _UNITS[unit])
 
 
-def format_bytes(n: int) -> str:
-    """Format a byte count with binary units: 512 -> "512 B", 1610612736 -> "1.50 GiB"."""
+def format_bytes(n: int, digits: int = 2) -> str:
+    """Format a byte count with binary units: 512 -> "512 B", 1610612736 -> "1.50 GiB".
+
+    `digits` decimals below TiB-scale units (the CLI prints one).
+    """
     sign = "-" if n < 0 else ""
     size = abs(n)
     if size < 1024:
         return f"{sign}{size} B"
     for unit, scale in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if size >= scale:
-            return f"{sign}{size / scale:.2f} {unit}"
+            return f"{sign}{size / scale:.{digits}f} {unit}"
     raise AssertionError(f"unreachable: n={n}")  # pragma: no cover
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from agentrt.dms.cache_math import ceil_div, compression_ratio
 from agentrt.errors import ConfigError
 
 # Per-slot metadata stored beside K/V: int32 expiry position + int32 absolute position.
@@ -77,7 +78,7 @@ class CacheSpec:
     def blocks_for_slots(self, n: int) -> int:
         """Blocks one stream needs to hold `n` slots (ceil(n / block_size))."""
         assert n >= 0, f"slot count n={n} must be >= 0"
-        return -(-n // self.block_size)
+        return ceil_div(n, self.block_size)
 
     def bytes_for(self, slots_per_stream: Sequence[int]) -> int:
         """Pool bytes needed for streams holding the given slot counts (each rounded up to blocks)."""
@@ -88,6 +89,18 @@ class CacheSpec:
         if tokens < 0:
             raise ConfigError(f"token count tokens={tokens} must be >= 0")
         return tokens
+
+    def blocks_for_streams(self, lens: Sequence[Sequence[int]]) -> int:
+        """Blocks a session needs for the slot counts `lens` [layers][kv heads]."""
+        return sum(self.blocks_for_slots(n) for row in lens for n in row)
+
+    def blocks_to_grow(self, lens: Sequence[Sequence[int]], num_new: int) -> int:
+        """Extra blocks unshared streams holding `lens` need to append `num_new` slots each."""
+        return sum(
+            self.blocks_for_slots(n + num_new) - self.blocks_for_slots(n)
+            for row in lens
+            for n in row
+        )
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready summary of the fields and the derived sizes."""
@@ -105,4 +118,4 @@ class CacheSpec:
         }
 
 
-__all__ = ["SLOT_METADATA_BYTES", "CacheSpec"]
+__all__ = ["SLOT_METADATA_BYTES", "CacheSpec", "ceil_div", "compression_ratio"]

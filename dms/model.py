@@ -58,6 +58,11 @@ class DMSModel(nn.Module):
         return self.hf.model.embed_tokens.weight.dtype
 
     @property
+    def vocab_size(self) -> int:
+        """Rows of the input embedding (follows `resize_token_embeddings`)."""
+        return int(self.hf.get_input_embeddings().num_embeddings)
+
+    @property
     def evicting(self) -> bool:
         """True when decisions evict tokens (a DMS config with eviction enabled)."""
         return self.dms is not None and not self.dms.disable_eviction

@@ -4,20 +4,26 @@ Per layer: project the new tokens of every session (packed), compute decisions, 
 the decision owed to each session's last cached token, then attend and write:
 - prefill mode (any chunk lengths): `dms_prefill_attention` over (cached slots ∪ chunk)
   with per-key expiry, then only survivors are written (holes reused, tail compacted);
-- decode mode (every session brings one token): write first — the token leaving the
-  window frees its slot and the new token takes it — then `paged_decode_attention` over
-  all held slots, which are exactly the visible ones.
+  which tokens survive depends on the chunk's decisions, so each layer's plan is made on
+  the host after its decisions;
+- decode mode (every session brings one token): the slot of every new token is known
+  before the forward (the token leaving the window had its flag settled earlier), so the
+  block tables, lengths and slot maps of all layers are built once per step on the device.
+  Per layer: write the new K/V, apply the owed flag of the previous token with a masked
+  write, then `paged_decode_attention` over all held slots (exactly the visible ones).
+  The decisions come back to the host once, after the last layer.
 """
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Protocol
 
+import numpy as np
 import torch
 
 from agentrt.dms.gating import hard_decisions
+from agentrt.dms.kv_pool import KEEP_FOREVER
 from agentrt.dms.masks import key_flags
 from agentrt.dms.projections import finish_layer, lm_logits, project_layer, rope_tables
 from agentrt.dms.session_cache import LayerPlan, SessionCache
@@ -26,17 +32,10 @@ from agentrt.kernels import (
     choose_num_splits,
     copy_kv_slots,
     dms_prefill_attention,
+    num_sms,
     paged_decode_attention,
     write_kv_slots,
 )
-
-KEEP = torch.iinfo(torch.int32).max
-
-
-@functools.lru_cache(maxsize=8)
-def _num_sms(device: torch.device) -> int:
-    """Streaming multiprocessors of a CUDA device (split-K occupancy target)."""
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 class CachePolicy(Protocol):
@@ -110,8 +109,7 @@ def serve_step(
             "use model.new_cache(pool, window=policy.window)"
         )
     check_budget(items)
-    arch, dms, hf = model.arch, model.dms, model.hf
-    device = model.device
+    hf, device = model.hf, model.device
     lengths = [int(it.token_ids.numel()) for it in items]
     if decode_kernel is None:
         decode_kernel = all(n == 1 for n in lengths)
@@ -127,6 +125,139 @@ def serve_step(
     )
     h = hf.model.embed_tokens(ids)  # [1, N, hidden]
     cos, sin = rope_tables(hf, h, positions[None])
+    if decode_kernel and (window >= 1 or (not model.evicting and policy is None)):
+        h = _decode_layers(model, items, starts, window, h, cos, sin, positions, cu, policy)
+    else:
+        h = _chunk_layers(
+            model, items, starts, lengths, window, h, cos, sin, positions, cu, policy, decode_kernel
+        )
+    for it, n in zip(items, lengths, strict=True):
+        it.cache.next_pos += n
+    logits = lm_logits(hf, h)[0]  # [N, V]
+    out = []
+    for it, s, e in zip(items, cu[:-1].tolist(), cu[1:].tolist(), strict=True):
+        out.append(logits[s:e] if it.all_logits else logits[e - 1])
+    return out
+
+
+@dataclass
+class DecodeMetadata:
+    """A decode step's cache addressing for every layer, built once before the forward."""
+
+    tables: torch.Tensor  # [L, S, H_kv, max_blocks] int32 block tables (after the writes)
+    lens: torch.Tensor  # [L, S, H_kv] int32 slots held (after the writes)
+    write_idx: torch.Tensor  # [L, S·H_kv] int64 flat pool slot of each new key
+    write_pos: torch.Tensor  # [S·H_kv] int32 absolute position of each new key
+    prev_idx: list[torch.Tensor]  # per layer [M_l] int64 flat slots of tokens start − 1
+    prev_rows: list[torch.Tensor]  # per layer [M_l] int64 row of each in the [S·H_kv] decisions
+    prev_expiry: list[torch.Tensor]  # per layer [M_l] int32 expiry if marked: start − 1 + w
+    longest: list[int]  # per layer: the longest stream (split-K choice without a sync)
+    slots: list  # per session: its DecodeSlots (host)
+
+
+def decode_metadata(
+    items: list[StepItem], starts: list[int], window: int, device: torch.device
+) -> DecodeMetadata:
+    """Plan one decode token per session for all layers (host), then move it to `device` once."""
+    pool = items[0].cache.pool
+    bs = pool.block_size
+    plans = [it.cache.plan_decode_all(start) for it, start in zip(items, starts, strict=True)]
+    L, H = plans[0].slot.shape
+    width = max(p.table.shape[2] for p in plans)
+    tables = np.zeros((L, len(items), H, width), dtype=np.int64)
+    for i, p in enumerate(plans):
+        tables[:, i, :, : p.table.shape[2]] = p.table
+    slot = np.stack([p.slot for p in plans], axis=1)  # [L, S, H]
+    prev = np.stack([p.prev for p in plans], axis=1)  # [L, S, H]
+    lens = np.stack([p.lens for p in plans], axis=1)  # [L, S, H]
+    write = np.take_along_axis(tables, (slot // bs)[..., None], axis=3)[..., 0] * bs + slot % bs
+    safe = np.maximum(prev, 0)
+    prev_flat = np.take_along_axis(tables, (safe // bs)[..., None], axis=3)[..., 0] * bs + safe % bs
+    expiry = np.broadcast_to(
+        np.asarray(starts, dtype=np.int64)[:, None] - 1 + window, (len(items), H)
+    )
+    valid = prev.reshape(L, -1) >= 0  # [L, S·H]
+    prev_idx, prev_rows, prev_expiry = [], [], []
+    for layer in range(L):
+        rows = np.nonzero(valid[layer])[0]
+        prev_rows.append(torch.from_numpy(rows).to(device))
+        prev_idx.append(torch.from_numpy(prev_flat.reshape(L, -1)[layer, rows]).to(device))
+        prev_expiry.append(torch.from_numpy(expiry.reshape(-1)[rows].astype(np.int32)).to(device))
+    positions = np.repeat(np.asarray(starts, dtype=np.int32), H)
+    return DecodeMetadata(
+        tables=torch.from_numpy(tables.astype(np.int32)).to(device),
+        lens=torch.from_numpy(lens.astype(np.int32)).to(device),
+        write_idx=torch.from_numpy(write.reshape(L, -1)).to(device),
+        write_pos=torch.from_numpy(positions).to(device),
+        prev_idx=prev_idx,
+        prev_rows=prev_rows,
+        prev_expiry=prev_expiry,
+        longest=lens.reshape(L, -1).max(axis=1).tolist(),
+        slots=plans,
+    )
+
+
+def _decode_layers(model, items, starts, window, h, cos, sin, positions, cu, policy):
+    """All layers of a decode step: device-resident addressing, one host sync at the end."""
+    arch, dms, hf, device = model.arch, model.dms, model.hf, model.device
+    pool = items[0].cache.pool
+    meta = decode_metadata(items, starts, window, device)
+    keep = torch.full_like(meta.write_pos, KEEP_FOREVER)  # new keys: their own flag is owed
+    n_streams = len(items) * arch.num_kv_heads
+    sms = num_sms(device) if device.type == "cuda" else 0
+    decisions = []
+    for layer_idx, layer in enumerate(hf.model.layers):
+        qkv = project_layer(layer, h, cos, sin, arch, dms)
+        q, k, v = qkv.q[0], qkv.k[0], qkv.v[0]  # [S, H, d]
+        if model.evicting:
+            dec = hard_decisions(qkv.logits[0])  # [S, H_kv]
+        else:
+            dec = torch.zeros(q.shape[0], arch.num_kv_heads, dtype=torch.bool, device=device)
+        if policy is not None:
+            dec = policy.decide(layer_idx, positions, dec)
+        decisions.append(dec)
+        idx = meta.write_idx[layer_idx]
+        write_kv_slots(
+            pool.kv,
+            pool.slot_expiry,
+            idx,
+            k.reshape(n_streams, -1).to(pool.kv.dtype),
+            v.reshape(n_streams, -1).to(pool.kv.dtype),
+            keep,
+        )
+        pool.pos_flat[idx] = meta.write_pos
+        prev = meta.prev_idx[layer_idx]
+        if prev.numel():  # the owed flag of token start − 1, as a masked write
+            marked = dec.reshape(-1)[meta.prev_rows[layer_idx]]
+            expiry = meta.prev_expiry[layer_idx]
+            pool.expiry_flat[prev] = torch.where(
+                marked, expiry, torch.full_like(expiry, KEEP_FOREVER)
+            )
+        splits = None
+        if device.type == "cuda":  # host-side lengths: no device sync to pick split-K
+            splits = choose_num_splits(meta.longest[layer_idx], n_streams, sms)
+        attn = paged_decode_attention(
+            q,
+            pool.kv,
+            meta.tables[layer_idx],
+            meta.lens[layer_idx],
+            layer.self_attn.scaling,
+            num_splits=splits,
+        )
+        if policy is not None:
+            policy.after_layer(layer_idx, items, q, layer.self_attn.scaling, cu.tolist())
+        h = finish_layer(layer, h, attn.reshape(1, attn.shape[0], -1))
+    settled = torch.stack(decisions).cpu().numpy()  # [L, S, H_kv]: the one sync of the step
+    for i, (it, start) in enumerate(zip(items, starts, strict=True)):
+        it.cache.settle_decode(start, meta.slots[i].prev, settled[:, i])
+    return h
+
+
+def _chunk_layers(
+    model, items, starts, lengths, window, h, cos, sin, positions, cu, policy, decode_kernel
+):
+    """All layers of a step with prefill chunks: each layer's plan follows its decisions."""
+    arch, dms, hf, device = model.arch, model.dms, model.hf, model.device
     for layer_idx, layer in enumerate(hf.model.layers):
         qkv = project_layer(layer, h, cos, sin, arch, dms)
         q, k, v = qkv.q[0], qkv.k[0], qkv.v[0]  # [N, H, d]
@@ -145,7 +276,7 @@ def serve_step(
             splits = None
             if device.type == "cuda":  # host-side lengths: no device sync to pick split-K
                 longest = max(max(it.cache.lens[layer_idx]) for it in items)
-                splits = choose_num_splits(longest, lens.numel(), _num_sms(device))
+                splits = choose_num_splits(longest, lens.numel(), num_sms(device))
             attn = paged_decode_attention(
                 q, items[0].cache.pool.kv, tables, lens, layer.self_attn.scaling, num_splits=splits
             )
@@ -171,20 +302,16 @@ def serve_step(
         if policy is not None:
             policy.after_layer(layer_idx, items, q, layer.self_attn.scaling, cu.tolist())
         h = finish_layer(layer, h, attn.reshape(1, attn.shape[0], -1))
-    for it, n in zip(items, lengths, strict=True):
-        it.cache.next_pos += n
-    logits = lm_logits(hf, h)[0]  # [N, V]
-    out = []
-    for it, s, e in zip(items, cu[:-1].tolist(), cu[1:].tolist(), strict=True):
-        out.append(logits[s:e] if it.all_logits else logits[e - 1])
-    return out
+    return h
 
 
 def _plan(items, layer_idx, dec, starts, lengths, window):
     """Host bookkeeping for every session of one layer; returns plans and new-key expiries [N, H_kv]."""
     dec_cpu = dec.cpu()
     plans: list[LayerPlan] = []
-    new_expiry = torch.full(dec_cpu.shape, KEEP, dtype=torch.int32)  # a decode token's flag is owed
+    new_expiry = torch.full(
+        dec_cpu.shape, KEEP_FOREVER, dtype=torch.int32
+    )  # a decode token's flag is owed
     offset = 0
     for it, start, n in zip(items, starts, lengths, strict=True):
         if n == 1:  # decode: the token's own flag is owed, its δ settles the previous token

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
+from agentrt.dms.cache_spec import compression_ratio
 from agentrt.dms.kv_pool import KEEP_FOREVER, KVPool
 
 
@@ -36,6 +38,21 @@ class LayerPlan:
     shrink: list[tuple[int, int]] = field(
         default_factory=list
     )  # (head, blocks kept) after attention
+
+
+@dataclass
+class DecodeSlots:
+    """Where one decode token goes in every stream of a session, for all layers at once.
+
+    Stream-relative slots; flat pool indices come from `table`. The previous token's slot
+    (whose flag this token's decision settles) is −1 where it holds nothing (position 0, or
+    a baseline dropped it).
+    """
+
+    table: np.ndarray  # [L, H_kv, max_blocks] int64 block ids (padded with 0)
+    slot: np.ndarray  # [L, H_kv] int64 slot the new token is written to
+    prev: np.ndarray  # [L, H_kv] int64 slot of token start − 1, or −1
+    lens: np.ndarray  # [L, H_kv] int64 slots held after the write (what decode attends)
 
 
 class SessionCache:
@@ -70,6 +87,15 @@ class SessionCache:
         """Pool blocks referenced by this session (shared blocks count for each owner)."""
         return sum(len(b) for row in self.blocks for b in row)
 
+    @property
+    def blocks_exclusive(self) -> int:
+        """Pool blocks that freeing this cache would return (not shared with a fork)."""
+        if not self.forked:
+            return self.blocks_held
+        return sum(
+            1 for row in self.blocks for b in row for blk in b if self.pool.refcount(blk) == 1
+        )
+
     def flat_slot(self, layer: int, head: int, slot: int) -> int:
         """Flat pool index of stream slot `slot`."""
         bs = self.pool.block_size
@@ -90,12 +116,12 @@ class SessionCache:
 
     def blocks_needed(self, num_new: int) -> int:
         """Upper bound of new pool blocks one step of num_new tokens may take (appends + CoW)."""
-        bs = self.pool.block_size
+        spec = self.pool.spec
         need = 0
         for layer in range(self.num_layers):
             for h in range(self.num_kv_heads):
                 n, blocks = self.lens[layer][h], self.blocks[layer][h]
-                grow = max(0, -(-(n + num_new) // bs) - len(blocks))
+                grow = max(0, spec.blocks_for_slots(n + num_new) - len(blocks))
                 shared = sum(1 for b in blocks if self.pool.is_shared(b)) if self.forked else 0
                 need += grow + shared
         return need
@@ -107,7 +133,7 @@ class SessionCache:
         slots = self.slots_held
         per_stream = torch.tensor(self.lens, dtype=torch.float64)  # [L, H_kv]
         tokens = self.next_pos
-        ratio = (tokens * streams / slots) if slots else 1.0
+        ratio = compression_ratio(tokens, self.lens)
         return {
             "tokens": tokens,
             "slots": slots,
@@ -226,6 +252,51 @@ class SessionCache:
         plan.write_pos.extend([start] * n)
         return plan
 
+    def plan_decode_all(self, start: int) -> DecodeSlots:
+        """Host bookkeeping of one decode token at `start` for every layer at once.
+
+        Needs no decision of this step: the token leaving the window (start − W) had its flag
+        settled by an earlier step, so the slot choice is known before the forward. The flag
+        of token start − 1 is owed to this step's decision: the caller writes it on the
+        device with a mask, then hands the decisions back with `settle_decode`. Needs W ≥ 2
+        (window ≥ 1), or a model that never marks.
+        """
+        L, H, W = self.num_layers, self.num_kv_heads, self.ring_len
+        bs = self.pool.block_size
+        ring_slot = self.ring_slot.numpy()  # [L, H, W] views: writes go to the cache
+        ring_flag = self.ring_flag.numpy()
+        r_prev, r_new = (start - 1) % W, start % W
+        lens = np.asarray(self.lens, dtype=np.int64)  # [L, H]
+        leaving = ring_flag[:, :, r_new].copy() if start >= W else np.zeros((L, H), dtype=bool)
+        slot = np.where(leaving, ring_slot[:, :, r_new], lens)
+        grow = ~leaving & (slot % bs == 0)  # appending at a block boundary: maybe a new block
+        for layer, h in zip(*np.nonzero(grow), strict=True):
+            blocks = self.blocks[layer][h]
+            if int(slot[layer, h]) == len(blocks) * bs:
+                blocks.extend(self.pool.allocate(1))
+        new_lens = lens + ~leaving
+        self.lens = new_lens.tolist()
+        prev = ring_slot[:, :, r_prev].copy() if start > 0 else np.full((L, H), -1, np.int64)
+        if self.forked:  # copy-on-write before any write (the owed flag may write prev)
+            for layer in range(L):
+                for h in range(H):
+                    self._writable(layer, h, int(slot[layer, h]))
+                    if prev[layer, h] >= 0:
+                        self._writable(layer, h, int(prev[layer, h]))
+        ring_slot[:, :, r_new] = slot
+        ring_flag[:, :, r_new] = False  # the new token's own flag is owed
+        width = max(1, max(len(b) for row in self.blocks for b in row))
+        table = np.zeros((L, H, width), dtype=np.int64)
+        for layer, row in enumerate(self.blocks):
+            for h, blocks in enumerate(row):
+                table[layer, h, : len(blocks)] = blocks
+        return DecodeSlots(table=table, slot=slot, prev=prev, lens=new_lens)
+
+    def settle_decode(self, start: int, prev: np.ndarray, decisions: np.ndarray) -> None:
+        """Record the flag of token start − 1 (decisions [L, H_kv] bool of token `start`)."""
+        r_prev = (start - 1) % self.ring_len
+        self.ring_flag.numpy()[:, :, r_prev] |= decisions & (prev >= 0)
+
     def _compact(self, layer: int, head: int, n: int, holes: list[int], plan: LayerPlan) -> int:
         """Plan moves of live tail slots into `holes` (of n slots); returns the new length."""
         new_len = n - len(holes)
@@ -239,7 +310,7 @@ class SessionCache:
             hit = (ring_slot == src).nonzero()
             if hit.numel():
                 ring_slot[int(hit[0, 0])] = dst
-        plan.shrink.append((head, -(-new_len // self.pool.block_size)))
+        plan.shrink.append((head, self.pool.spec.blocks_for_slots(new_len)))
         return new_len
 
     def plan_evict(self, layer: int, head: int, slots: list[int]) -> LayerPlan:
@@ -267,7 +338,7 @@ class SessionCache:
 
     def _grow(self, layer: int, head: int, slots: int) -> None:
         blocks = self.blocks[layer][head]
-        need = -(-slots // self.pool.block_size) - len(blocks)
+        need = self.pool.spec.blocks_for_slots(slots) - len(blocks)
         if need > 0:
             blocks.extend(self.pool.allocate(need))
 
@@ -278,6 +349,22 @@ class SessionCache:
             extra = blocks[keep:]
             del blocks[keep:]
             self.pool.free(extra)
+
+    # -- packing (swap and checkpoint share this one format) -------------------------------
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Every stream's live slots and the ring as CPU tensors (`agentrt.dms.cache_state`)."""
+        from agentrt.dms.cache_state import pack_state
+
+        return pack_state(self)
+
+    @classmethod
+    def from_state(
+        cls, state: dict[str, torch.Tensor], pool: KVPool, *, window: int
+    ) -> SessionCache:
+        """Rebuild a cache from `state_dict()` in `pool` (any block size or device)."""
+        from agentrt.dms.cache_state import unpack_state
+
+        return unpack_state(state, pool, window=window)
 
     # -- lifetime ------------------------------------------------------------------------
     def fork(self) -> SessionCache:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 
 import torch
@@ -30,8 +31,9 @@ def choose_num_splits(max_len: int, num_streams: int, num_sms: int) -> int:
     return max(1, min(want, by_len, MAX_SPLITS))
 
 
-def _num_sms(device: torch.device) -> int:
-    """SMs of the device; the choose_num_splits occupancy target."""
+@functools.lru_cache(maxsize=8)
+def num_sms(device: torch.device) -> int:
+    """SMs of the device; the choose_num_splits occupancy target (132 when not CUDA)."""
     if device.type == "cuda":
         return torch.cuda.get_device_properties(device).multi_processor_count
     return 132  # interpreter runs: assume an H100 so the split logic is exercised
@@ -69,6 +71,6 @@ def paged_decode_attention(
     val.check_triton_dtype("q", q)
     if num_splits is None:
         max_len = int(cache_lens.max()) if cache_lens.numel() else 0
-        num_splits = choose_num_splits(max_len, cache_lens.numel(), _num_sms(q.device))
+        num_splits = choose_num_splits(max_len, cache_lens.numel(), num_sms(q.device))
     impl = importlib.import_module("agentrt.kernels._paged_decode_triton")
     return impl.launch(q, kv_pool, block_tables, cache_lens, scale, num_splits)

@@ -192,6 +192,23 @@ def write_safetensors_atomic(
     return write_atomic(path, write)
 
 
+def safetensors_metadata(head: bytes, size: int) -> dict[str, str] | None:
+    """The `__metadata__` of a safetensors stream from its first bytes (`size` in all), or None.
+
+    For streams that are not files (an archive member); files go through `safe_open`.
+    """
+    if len(head) < 8:
+        return None
+    (length,) = struct.unpack("<Q", head[:8])
+    if length > len(head) - 8 or 8 + length > size:
+        return None
+    try:
+        meta = json.loads(head[8 : 8 + length]).get("__metadata__")
+    except (ValueError, AttributeError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 def read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
     """(header metadata, every tensor on CPU) of a safetensors file; raises on malformed files."""
     from safetensors import safe_open
@@ -216,6 +233,7 @@ __all__ = [
     "file_sha256",
     "fsync_dir",
     "read_safetensors",
+    "safetensors_metadata",
     "sha256_of_fd",
     "stale_temp_files",
     "temp_path_for",

@@ -1,12 +1,9 @@
 """Checkpoint blobs: one safetensors file per saved session cache, verified on load.
 
-Tensors (CPU; independent of the pool's block size and device): per layer l,
-`layer.{l}.k`/`.v` [sum_h lens, head_dim] (model dtype) and `.pos`/`.expiry` [sum_h lens]
-int32 — every stream's live slots, head-major, in slot order (so the window ring's
-stream-relative slots stay valid) — and `.lens` [H_kv] int32; `ring_slot` [L, H_kv, w + 1]
-int64, `ring_flag` [L, H_kv, w + 1] bool, `next_pos` [1] int64; `token_ids` [T] int64;
-the caller's `extra.*` tensors (e.g. sampler RNG state). The decision owed to the last
-token needs no tensor: the next chunk's first token recomputes it, as without a checkpoint.
+Tensors: the cache state of `SessionCache.state_dict()` (see `agentrt.dms.cache_state`:
+per-layer packed K/V, positions, expiries and lengths, the window ring, next_pos),
+`token_ids` [T] int64 and the caller's `extra.*` tensors (e.g. sampler RNG state). The
+cache is packed and unpacked by `SessionCache` only; this module writes and verifies files.
 Header (str → str): format and version, fingerprint digest and parts, dtype, window, shapes,
 next_pos, created time, SHA-256 of the tensor contents, the caller's metadata.
 """
@@ -19,9 +16,9 @@ import os
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from agentrt.errors import BudgetError, CheckpointError
+from agentrt.errors import CheckpointError
 from agentrt.sessions.atomic import (
     TEMP_PREFIX,
     read_safetensors,
@@ -33,15 +30,16 @@ from agentrt.sessions.fingerprint import Fingerprint, tensors_sha256
 if TYPE_CHECKING:
     import torch
 
-    from agentrt.dms.kv_pool import KVPool
     from agentrt.dms.session_cache import SessionCache
 
 _identity = operator.attrgetter("st_ino", "st_size", "st_mtime_ns")  # changes on replace/rewrite
 FORMAT_NAME = "agentrt-kv-checkpoint"
 FORMAT_VERSION = 1
 EXTRA_PREFIX = "extra."
-STATE_GLOBALS = ("ring_slot", "ring_flag", "next_pos")
-LAYER_FIELDS = ("k", "v", "pos", "expiry", "lens")
+
+
+class CheckpointFileMissing(CheckpointError):
+    """The checkpoint's file is gone: its catalog row can be marked missing."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +58,7 @@ class CheckpointFileInfo:
 
 @dataclass(frozen=True)
 class LoadedCheckpoint:
-    """A verified checkpoint: cache state for `restore_cache`, token ids, extras, metadata."""
+    """A verified checkpoint: cache state for `SessionCache.from_state`, token ids, extras, metadata."""
 
     state: dict[str, torch.Tensor] = field(repr=False)
     token_ids: list[int] = field(repr=False)
@@ -88,105 +86,23 @@ class LoadedCheckpoint:
         )
 
 
-def cache_state(cache: SessionCache) -> dict[str, torch.Tensor]:
-    """Pack the live slots of every stream into CPU tensors (see the module docstring)."""
-    import torch
-
-    pool = cache.pool
-    bs = pool.block_size
-    state: dict[str, torch.Tensor] = {}
-    for layer in range(cache.num_layers):
-        flat = _stream_slots(cache.blocks[layer], cache.lens[layer], bs).to(pool.kv.device)
-        blocks, offsets = flat // bs, flat % bs
-        state[f"layer.{layer}.k"] = pool.kv[blocks, 0, offsets].cpu()
-        state[f"layer.{layer}.v"] = pool.kv[blocks, 1, offsets].cpu()
-        state[f"layer.{layer}.pos"] = pool.slot_pos[blocks, offsets].cpu()
-        state[f"layer.{layer}.expiry"] = pool.slot_expiry[blocks, offsets].cpu()
-        state[f"layer.{layer}.lens"] = torch.tensor(cache.lens[layer], dtype=torch.int32)
-    state["ring_slot"] = cache.ring_slot.detach().to("cpu", torch.int64).clone()
-    state["ring_flag"] = cache.ring_flag.detach().to("cpu", torch.bool).clone()
-    state["next_pos"] = torch.tensor([cache.next_pos], dtype=torch.int64)
-    return state
-
-
-def restore_cache(state: dict[str, torch.Tensor], pool: KVPool, *, window: int) -> SessionCache:
-    """Rebuild a SessionCache in `pool` (any block size or device; same layout and dtype).
-
-    Raises CheckpointError naming every mismatch (layers, KV heads, head_dim, dtype, window)
-    and BudgetError when the pool lacks free blocks; in both cases the pool is unchanged.
-    """
-    import torch
-
-    from agentrt.dms.session_cache import SessionCache
-    from agentrt.kernels import write_kv_slots
-
-    layers, heads, head_dim, lens = _validate_state(state)
-    spec = pool.spec
-    problems = [
-        f"{name}: checkpoint {have}, pool {want}"
-        for name, have, want in (
-            ("num_layers", layers, spec.num_layers),
-            ("num_kv_heads", heads, spec.num_kv_heads),
-            ("head_dim", head_dim, spec.head_dim),
-            ("dtype", _dtype_name(state["layer.0.k"].dtype), _dtype_name(spec.dtype)),
-            ("window", int(state["ring_slot"].shape[2]) - 1, window),
-        )
-        if have != want
-    ]
-    if problems:
-        raise CheckpointError(
-            "checkpoint does not fit this KV pool: " + "; ".join(problems),
-            hint="restore it with the model and DMS config it was saved with",
-        )
-    bs = pool.block_size
-    need = sum(-(-n // bs) for row in lens for n in row)
-    if need > pool.num_free:
-        raise BudgetError(
-            f"restoring this checkpoint needs {need} KV blocks "
-            f"({need * pool.bytes_per_block} bytes) but only {pool.num_free} of "
-            f"{pool.num_blocks} are free",
-            hint="raise kv_budget, or close or swap out idle sessions",
-        )
-    cache = SessionCache(pool, layers, heads, window)
-    device = pool.kv.device
-    try:
-        for layer in range(layers):
-            for h in range(heads):
-                cache.blocks[layer][h] = pool.allocate(-(-lens[layer][h] // bs))
-            flat = _stream_slots(cache.blocks[layer], lens[layer], bs).to(device)
-            if flat.numel():
-                write_kv_slots(
-                    pool.kv,
-                    pool.slot_expiry,
-                    flat,
-                    state[f"layer.{layer}.k"].to(device),
-                    state[f"layer.{layer}.v"].to(device),
-                    state[f"layer.{layer}.expiry"].to(device, torch.int32),
-                )
-                pool.pos_flat[flat] = state[f"layer.{layer}.pos"].to(device, torch.int32)
-            cache.lens[layer] = list(lens[layer])
-    except BaseException:
-        cache.free()
-        raise
-    cache.ring_slot = state["ring_slot"].to("cpu", torch.int64).clone()
-    cache.ring_flag = state["ring_flag"].to("cpu", torch.bool).clone()
-    cache.next_pos = int(state["next_pos"][0])
-    return cache
-
-
 # -- files -------------------------------------------------------------------------------
 
 
 def save_checkpoint(
     path: Path,
-    cache: SessionCache,
+    cache: SessionCache | dict[str, torch.Tensor],
     *,
     token_ids: list[int],
     fingerprint: Fingerprint,
     extra: dict[str, torch.Tensor] | None = None,
     metadata: dict[str, str] | None = None,
 ) -> CheckpointFileInfo:
-    """Write one checkpoint file crash-safely; the catalog row is the caller's business."""
+    """Write one checkpoint file crash-safely; the catalog row is the caller's business.
+
+    `cache` is a SessionCache or a state it packed before (`state_dict()`, e.g. a snapshot
+    taken under the engine lock, so that the write itself runs outside it).
+    """
     import torch
 
     path = Path(path)
@@ -196,27 +112,30 @@ def save_checkpoint(
     bad = [k for k, v in user.items() if not isinstance(k, str) or not isinstance(v, str)]
     if bad:
         raise ValueError(f"checkpoint metadata must map str to str, bad keys: {bad}")
-    tensors = cache_state(cache)
+    from agentrt.dms.cache_math import compression_ratio
+    from agentrt.dms.cache_state import dtype_name, validate_state
+
+    tensors = dict(cache) if isinstance(cache, dict) else cache.state_dict()
+    layers, heads, head_dim, lens = validate_state(tensors)
+    next_pos = int(tensors["next_pos"][0])
+    window = int(tensors["ring_slot"].shape[2]) - 1
     tensors["token_ids"] = torch.tensor(list(token_ids), dtype=torch.int64)
     for name, tensor in (extra or {}).items():
         if not isinstance(name, str) or not name:
             raise ValueError(f"extra tensor names must be non-empty strings, got {name!r}")
         tensors[EXTRA_PREFIX + name] = tensor.detach().to("cpu").contiguous().clone()
-    spec = cache.pool.spec
-    slots = cache.slots_held
-    streams = cache.num_layers * cache.num_kv_heads
-    ratio = cache.next_pos * streams / slots if slots else 1.0
+    slots = sum(map(sum, lens))
     header = {
         "format": FORMAT_NAME,
         "format_version": str(FORMAT_VERSION),
         "fingerprint": fingerprint.digest,
         "fingerprint_parts": fingerprint.to_json(),
-        "dtype": _dtype_name(spec.dtype),
-        "window": str(cache.window),
-        "num_layers": str(cache.num_layers),
-        "num_kv_heads": str(cache.num_kv_heads),
-        "head_dim": str(spec.head_dim),
-        "next_pos": str(cache.next_pos),
+        "dtype": dtype_name(tensors["layer.0.k"].dtype),
+        "window": str(window),
+        "num_layers": str(layers),
+        "num_kv_heads": str(heads),
+        "head_dim": str(head_dim),
+        "next_pos": str(next_pos),
         "tokens": str(len(token_ids)),
         "slots": str(slots),
         "created": datetime.now(UTC).isoformat(),
@@ -228,9 +147,9 @@ def save_checkpoint(
         path=written.path,
         size_bytes=written.size_bytes,
         sha256=written.sha256,
-        tokens=cache.next_pos,
+        tokens=next_pos,
         slots=slots,
-        compression_ratio=ratio,
+        compression_ratio=compression_ratio(next_pos, lens),
         format_version=FORMAT_VERSION,
         fingerprint=fingerprint.digest,
     )
@@ -248,11 +167,13 @@ def load_checkpoint(
     Without `expected_sha256` (no catalog row, e.g. an imported file) the tensor contents are
     checked against the digest stored in the header instead.
     """
+    from agentrt.dms.cache_state import validate_state
+
     path = Path(path)
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
-        raise CheckpointError(
+        raise CheckpointFileMissing(
             f"checkpoint file {path} is missing",
             hint="restore an older checkpoint of this session, or run `agentrt sessions gc`",
         ) from None
@@ -287,7 +208,7 @@ def load_checkpoint(
     if token_ids is None:
         raise _corrupt(path, "tensor 'token_ids' is missing")
     try:
-        _validate_state(state)
+        validate_state(state)
         user = json.loads(header.get("user_metadata", "{}"))
     except (CheckpointError, ValueError) as err:
         raise _corrupt(path, str(err)) from None
@@ -303,49 +224,46 @@ def load_checkpoint(
     )
 
 
+def read_header(path: Path) -> dict[str, str]:
+    """A checkpoint's header (str → str) without reading its tensors; CheckpointError if unreadable."""
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        raise CheckpointFileMissing(f"checkpoint file {path} is missing")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return dict(f.metadata() or {})
+    except Exception as err:  # safetensors raises its own and builtin errors
+        raise CheckpointError(f"checkpoint file {path} is unreadable: {err}") from None
+
+
+def layer_compression(path: Path) -> list[dict[str, float | int]]:
+    """Per-layer slots and compression (tokens · H_kv / slots) read from a checkpoint file.
+
+    Reads only the header and the small `layer.{l}.lens` [H_kv] tensors (no model, no torch).
+    Raises CheckpointError when the file is missing or unreadable.
+    """
+    from safetensors import safe_open
+
+    if not Path(path).is_file():
+        raise CheckpointFileMissing(f"checkpoint file {path} is missing")
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            tokens = int(meta.get("next_pos") or meta["tokens"])
+            lens = [f.get_tensor(f"layer.{i}.lens") for i in range(int(meta["num_layers"]))]
+    except Exception as err:  # safetensors raises its own and builtin errors
+        raise CheckpointError(f"checkpoint file {path} is unreadable: {err}") from None
+    from agentrt.dms.cache_math import compression_ratio
+
+    rows = [[int(n) for n in row] for row in lens]
+    return [
+        {"layer": i, "slots": sum(row), "compression_ratio": compression_ratio(tokens, [row])}
+        for i, row in enumerate(rows)
+    ]
+
+
 # -- helpers -----------------------------------------------------------------------------
-
-
-def _stream_slots(blocks: list[list[int]], lens: list[int], bs: int) -> torch.Tensor:
-    """[sum lens] int64 flat pool slots of slots 0..len−1 of each head's stream, head-major."""
-    import torch
-
-    parts = []
-    for head_blocks, n in zip(blocks, lens, strict=True):
-        if n == 0:
-            continue
-        idx = torch.arange(n, dtype=torch.int64)
-        table = torch.tensor(head_blocks, dtype=torch.int64)
-        parts.append(table[idx // bs] * bs + idx % bs)
-    return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
-
-
-def _validate_state(state: dict[str, torch.Tensor]) -> tuple[int, int, int, list[list[int]]]:
-    """Check a cache state's structure; returns (layers, kv heads, head_dim, lens per stream)."""
-    missing = [k for k in STATE_GLOBALS if k not in state]
-    if missing:
-        raise CheckpointError(f"cache state lacks tensors {missing}")
-    ring = state["ring_slot"]
-    if ring.dim() != 3 or tuple(state["ring_flag"].shape) != tuple(ring.shape):
-        raise CheckpointError(f"cache state ring shapes {tuple(ring.shape)} are inconsistent")
-    layers, heads, _ = ring.shape
-    names = [f"layer.{layer}.{f}" for layer in range(layers) for f in LAYER_FIELDS]
-    missing = [n for n in names if n not in state]
-    if missing or layers == 0:
-        raise CheckpointError(f"cache state lacks tensors {missing[:4]} (of {len(missing)})")
-    lens, head_dim = [], int(state["layer.0.k"].shape[-1])
-    for layer in range(layers):
-        row = [int(n) for n in state[f"layer.{layer}.lens"].tolist()]
-        total = sum(row)
-        shapes = [tuple(state[f"layer.{layer}.{f}"].shape) for f in LAYER_FIELDS[:4]]
-        want = [(total, head_dim), (total, head_dim), (total,), (total,)]
-        if len(row) != heads or min(row, default=0) < 0 or shapes != want:
-            raise CheckpointError(f"cache state of layer {layer} is inconsistent: lens {row}")
-        top = state["ring_slot"][layer].max(dim=-1).values.tolist()
-        if any(t >= n for t, n in zip(top, row, strict=True)):
-            raise CheckpointError(f"window ring of layer {layer} points past the live slots")
-        lens.append(row)
-    return layers, heads, head_dim, lens
 
 
 def _check_header(path: Path, header: dict[str, str]) -> tuple[int, dict[str, str]]:
@@ -376,11 +294,6 @@ def _check_fingerprint(path: Path, parts: dict[str, str], model: Fingerprint) ->
         )
 
 
-def _dtype_name(dtype: Any) -> str:
-    """'float32' for torch.float32."""
-    return str(dtype).removeprefix("torch.")
-
-
 def _corrupt(path: Path, why: str) -> CheckpointError:
     """The error for a checkpoint whose bytes cannot be trusted."""
     return CheckpointError(
@@ -391,10 +304,11 @@ def _corrupt(path: Path, why: str) -> CheckpointError:
 
 __all__ = [
     "FORMAT_VERSION",
+    "CheckpointFileMissing",
     "CheckpointFileInfo",
     "LoadedCheckpoint",
-    "cache_state",
+    "layer_compression",
     "load_checkpoint",
-    "restore_cache",
+    "read_header",
     "save_checkpoint",
 ]

@@ -39,8 +39,10 @@ class Check:
 
 
 def _gib(n_bytes: int) -> str:
-    """Format a byte count as GiB with one decimal."""
-    return f"{n_bytes / 2**30:.1f} GiB"
+    """Format a byte count with one decimal (the project's one byte formatter)."""
+    from agentrt.dms.budget import format_bytes
+
+    return format_bytes(n_bytes, digits=1)
 
 
 def _describe_gpu(gpu: dict[str, Any]) -> str:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from agentrt.cli.options import resolve_settings, setting_source, settings_options
-from agentrt.cli.sessions_archive import catalog, human_bytes, require_store
+from agentrt.cli.sessions_archive import catalog, human_bytes
 from agentrt.errors import ModelLoadError
 
 if TYPE_CHECKING:
@@ -90,8 +90,9 @@ def resume(
     restored. A new checkpoint is written only when tokens were fed or generated; Ctrl-C
     leaves the previous checkpoint as it was.
     """
-    from agentrt.detokenize import IncrementalDetokenizer
     from agentrt.engine import Engine
+    from agentrt.engine.detokenize import IncrementalDetokenizer
+    from agentrt.sessions.catalog import require_store
 
     settings = resolve_settings(ctx)
     with catalog(settings, readonly=True) as store:

@@ -1,45 +1,37 @@
 """`agentrt sessions`: list, show, remove, fork and garbage-collect saved sessions.
 
-`export` and `import` live in `agentrt.cli.sessions_archive` with the catalog plumbing
-they share with `fork`. No command here needs a model, except `fork --model`, which
-verifies the copied checkpoint against one. Heavy packages are imported inside commands.
+The commands parse and print; files, locks, copies and gc belong to `agentrt.sessions`.
+`export` and `import` live in `agentrt.cli.sessions_archive`. No command here needs a
+model, except `fork --model`, which verifies the copied checkpoint against one. Heavy
+packages are imported inside commands.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
 from collections.abc import Sequence
-from contextlib import nullcontext
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from agentrt.cli.options import db_option, home_option, resolve_settings
 from agentrt.cli.sessions_archive import (
-    BlobCopy,
-    SessionCopy,
-    as_json,
     catalog,
-    copy_file,
     count,
-    create_copy,
     export,
     human_bytes,
     import_session,
-    remove_session_dir,
-    require_store,
-    session_lock,
+    layout_of,
 )
-from agentrt.errors import AgentRTError, CheckpointError, SessionError
+from agentrt.errors import AgentRTError, CheckpointError
 
 if TYPE_CHECKING:
-    from agentrt.sessions import CheckpointInfo, SessionStore
+    from agentrt.sessions import CheckpointInfo
+    from agentrt.sessions.layout import SessionLayout
 
 PREVIEW_CHARS = 80
-TEMP_PREFIX = ".tmp-"  # agentrt.sessions.atomic.TEMP_PREFIX (not imported: keeps this module light)
 
 
 @click.group()
@@ -86,34 +78,6 @@ def preview(text: str, full: bool) -> tuple[str, bool]:
     return flat[:PREVIEW_CHARS], len(flat) > PREVIEW_CHARS
 
 
-def layer_compression(path: Path) -> list[dict[str, Any]]:
-    """Per-layer slots and compression (tokens · H_kv / slots) read from a checkpoint file.
-
-    Reads only the header and the small `layer.{l}.lens` [H_kv] tensors (no model, no torch).
-    Raises CheckpointError when the file is missing or unreadable.
-    """
-    from safetensors import safe_open
-
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint file {path} is missing")
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
-            tokens = int(meta.get("next_pos") or meta["tokens"])
-            heads = int(meta["num_kv_heads"])
-            lens = [f.get_tensor(f"layer.{i}.lens") for i in range(int(meta["num_layers"]))]
-    except Exception as err:  # safetensors raises its own and builtin errors
-        raise CheckpointError(f"checkpoint file {path} is unreadable: {err}") from None
-    return [
-        {
-            "layer": i,
-            "slots": int(row.sum()),
-            "compression_ratio": tokens * heads / int(row.sum()) if row.sum() else 1.0,
-        }
-        for i, row in enumerate(lens)
-    ]
-
-
 # -- ls / show ---------------------------------------------------------------------------
 
 
@@ -124,6 +88,8 @@ def layer_compression(path: Path) -> list[dict[str, Any]]:
 @click.pass_context
 def ls(ctx: click.Context, json_out: bool, **_: Any) -> None:
     """List saved sessions, most recently updated first."""
+    from agentrt.sessions.archive import as_json
+
     with catalog(resolve_settings(ctx), readonly=True) as store:
         found = store.list_sessions() if store is not None else []
     if json_out:
@@ -157,6 +123,10 @@ def ls(ctx: click.Context, json_out: bool, **_: Any) -> None:
 @click.pass_context
 def show(ctx: click.Context, name: str, full: bool, json_out: bool, **_: Any) -> None:
     """Show a session: its fields, messages, checkpoints and per-layer compression."""
+    from agentrt.sessions.archive import as_json
+    from agentrt.sessions.catalog import require_store
+    from agentrt.sessions.checkpoint import layer_compression
+
     settings = resolve_settings(ctx)
     with catalog(settings, readonly=True) as store:
         store = require_store(store, name)
@@ -168,7 +138,7 @@ def show(ctx: click.Context, name: str, full: bool, json_out: bool, **_: Any) ->
     layers_error = None if latest is not None else "no usable checkpoint"
     if latest is not None:
         try:
-            layers = layer_compression(settings.home / latest.file)
+            layers = layer_compression(layout_of(settings).resolve(latest.file))
         except CheckpointError as err:
             layers_error = err.message
     shown = []
@@ -245,7 +215,11 @@ def show(ctx: click.Context, name: str, full: bool, json_out: bool, **_: Any) ->
 @click.pass_context
 def rm(ctx: click.Context, name: str, keep_checkpoints: bool, yes: bool, **_: Any) -> None:
     """Delete a session: its row, messages, checkpoint rows and checkpoint files."""
+    from agentrt.sessions.catalog import require_store
+    from agentrt.sessions.locks import remove_session_dir, session_lock
+
     settings = resolve_settings(ctx)
+    layout = layout_of(settings)
     with catalog(settings, readonly=True) as store:
         store = require_store(store, name)
         info = store.get_session(name)
@@ -258,38 +232,37 @@ def rm(ctx: click.Context, name: str, keep_checkpoints: bool, yes: bool, **_: An
                 abort=True,
                 err=True,
             )
-        with session_lock(settings.home, info.id, info.name, create=False):
+        with session_lock(layout, info.id, info.name, create=False):
             files = store.delete_session(info, keep_checkpoints=keep_checkpoints)
             for file in files:
-                (settings.home / file).unlink(missing_ok=True)
-            remove_session_dir(settings.home, info.id)
+                layout.resolve(file).unlink(missing_ok=True)
+            remove_session_dir(layout, info.id)
     if keep_checkpoints:
         kept = count(len(checkpoints), "checkpoint file")
         click.echo(f"deleted session {info.name!r}; kept {kept}:")
         for c in checkpoints:
-            click.echo(f"  {settings.home / c.file}")
+            click.echo(f"  {layout.resolve(c.file)}")
         click.echo("(unreferenced files are removed by the next `agentrt sessions gc`)")
     else:
         click.echo(f"deleted session {info.name!r} and {count(len(files), 'checkpoint file')}")
 
 
-def verified_model(home: Path, model_dir: Path, ckpt: CheckpointInfo) -> str:
+def verified_model(layout: SessionLayout, model_dir: Path, ckpt: CheckpointInfo) -> str:
     """Check that checkpoint `ckpt` restores into the model in `model_dir`; its folder name.
 
     The model is loaded on the CPU in the dtype the checkpoint was saved with; any other
     difference (config, weights, tokenizer, DMS config) raises CheckpointError naming it.
     """
     import torch
-    from safetensors import safe_open
 
     from agentrt.models.resolve import load_resolved
     from agentrt.sessions import load_checkpoint, model_fingerprint
+    from agentrt.sessions.checkpoint import read_header
 
-    path = home / ckpt.file
-    with safe_open(str(path), framework="numpy") as f:
-        dtype = getattr(torch, (f.metadata() or {}).get("dtype", "float32"))
-    model = load_resolved(model_dir, device="cpu", dtype=dtype, home=home)
-    fingerprint = model_fingerprint(model, model_dir=model.source_dir, cache_dir=home)
+    path = layout.resolve(ckpt.file)
+    dtype = getattr(torch, read_header(path).get("dtype", "float32"))
+    model = load_resolved(model_dir, device="cpu", dtype=dtype, home=layout.home)
+    fingerprint = model_fingerprint(model, model_dir=model.source_dir, cache_dir=layout.home)
     load_checkpoint(
         path, expected_sha256=ckpt.sha256, expected_size=ckpt.size_bytes, fingerprint=fingerprint
     )
@@ -310,43 +283,19 @@ def verified_model(home: Path, model_dir: Path, ckpt: CheckpointInfo) -> str:
 @click.pass_context
 def fork(ctx: click.Context, name: str, new: str, model_dir: Path | None, **_: Any) -> None:
     """Copy session NAME's newest checkpoint and messages into a new session NEW (no model)."""
+    from agentrt.sessions.archive import create_copy, fork_copy
+
     settings = resolve_settings(ctx)
-    home = settings.home
+    layout = layout_of(settings)
+    check = None
+    if model_dir is not None:
+        check = lambda ckpt: verified_model(layout, model_dir, ckpt)  # noqa: E731
     with catalog(settings) as store:
         assert store is not None
-        info = store.get_session(name)
-        ckpt = store.latest_checkpoint(info)
-        if ckpt is None:
-            raise CheckpointError(
-                f"session {info.name!r} has no usable checkpoint to fork",
-                hint="save it first (or run `agentrt sessions gc` if its files were lost)",
-            )
-        if ckpt.kind != "full":
-            raise CheckpointError("forking from an incremental checkpoint is not supported yet")
-        model = verified_model(home, model_dir, ckpt) if model_dir is not None else info.model
-        scale = ckpt.slots / info.slots if info.slots else 0.0
-        row = {
-            **as_json(info),
-            "model": model,
-            "tokens": ckpt.tokens,
-            "slots": ckpt.slots,
-            "compression_ratio": ckpt.compression_ratio,
-            "kv_bytes": info.kv_bytes if ckpt.slots == info.slots else int(info.kv_bytes * scale),
-        }
-        messages = [  # what the checkpoint covers (+1: a sampled token not yet fed)
-            as_json(m)
-            for m in store.messages(info)
-            if m.token_end is None or m.token_end <= ckpt.tokens + 1
-        ]
-        blob = BlobCopy(
-            row=as_json(ckpt),
-            filename=PurePosixPath(ckpt.file).name,
-            write=copy_file(home / ckpt.file),
-        )
-        copy = SessionCopy(name=new, row=row, status="saved", messages=messages, checkpoints=[blob])
-        created = create_copy(store, home, copy)
+        copy, ckpt = fork_copy(store, layout, name, new, model=check)
+        created = create_copy(store, layout, copy)
     click.echo(
-        f"forked {info.name!r} into {created.name!r} ({created.id[:8]}) at {ckpt.tokens} tokens"
+        f"forked {copy.row['name']!r} into {created.name!r} ({created.id[:8]}) at {ckpt.tokens} tokens"
     )
 
 
@@ -354,100 +303,20 @@ def fork(ctx: click.Context, name: str, new: str, model_dir: Path | None, **_: A
 
 
 class _Report:
-    """Collects what gc did (or would do, with --dry-run) and prints it."""
+    """Counts and prints what gc did (or would do, with --dry-run)."""
 
     def __init__(self, dry_run: bool) -> None:
         self.dry_run = dry_run
         self.counts: dict[str, int] = defaultdict(int)
         self.freed = 0
 
-    def say(self, kind: str, text: str, freed: int = 0) -> None:
+    def say(self, kind: str, text: str, freed: int) -> None:
+        if kind in ("kept", "skipped"):  # notes, not actions
+            click.echo(text)
+            return
         self.counts[kind] += 1
         self.freed += freed
         click.echo(f"{'would ' if self.dry_run else ''}{text}")
-
-
-def _checkpoint_status(store: SessionStore, home: Path, verify: bool, report: _Report) -> None:
-    """Mark rows whose blob is gone (or, with verify, does not hash right) missing."""
-    from agentrt.sessions import file_sha256
-
-    for c in store.checkpoints():
-        path = home / c.file
-        problem = None if path.is_file() else "its file is missing"
-        if problem is None and verify and file_sha256(path) != (c.size_bytes, c.sha256):
-            problem = "its file does not match the recorded sha256"
-        if problem is not None and not c.missing:
-            report.say("marked", f"mark checkpoint {c.id[:8]} ({c.file}) missing: {problem}")
-            if not report.dry_run:
-                store.mark_checkpoint_missing(c.id)
-        elif problem is None and verify and c.missing:
-            report.say("restored", f"clear the missing flag of checkpoint {c.id[:8]} (verified)")
-            if not report.dry_run:
-                store.mark_checkpoint_missing(c.id, missing=False)
-
-
-def _prune(store: SessionStore, home: Path, keep: int, report: _Report) -> None:
-    """Delete all but the `keep` newest usable checkpoints of every unpinned session."""
-    by_session: dict[str, list[CheckpointInfo]] = defaultdict(list)
-    for c in store.checkpoints():
-        by_session[c.session_id].append(c)
-    for info in store.list_sessions():
-        if info.pinned:
-            continue
-        newest_first = sorted(by_session[info.id], key=lambda c: c.created_at, reverse=True)
-        usable = 0
-        for c in newest_first:
-            if usable >= keep:
-                size = (home / c.file).stat().st_size if (home / c.file).is_file() else 0
-                text = f"prune checkpoint {c.id[:8]} of {info.name!r} ({local_time(c.created_at)})"
-                if report.dry_run:
-                    report.say("pruned", text, size)
-                    continue
-                try:
-                    file = store.delete_checkpoint(c.id)
-                except CheckpointError as err:
-                    click.echo(f"kept checkpoint {c.id[:8]} of {info.name!r}: {err.message}")
-                    continue
-                (home / file).unlink(missing_ok=True)
-                report.say("pruned", text, size)
-            elif not c.missing:
-                usable += 1
-
-
-def _collect_files(store: SessionStore, home: Path, report: _Report) -> None:
-    """Remove blobs no row references and stale `.tmp-` files, skipping sessions in use."""
-    root = home / "checkpoints"
-    if not root.is_dir():
-        return
-    live = {s.id for s in store.list_sessions()}
-    referenced = {os.path.normpath(home / c.file) for c in store.checkpoints()}
-    for folder in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
-        junk = [
-            p
-            for p in sorted(folder.iterdir())
-            if p.is_file()
-            and (
-                p.name.startswith(TEMP_PREFIX)
-                or (p.suffix == ".safetensors" and os.path.normpath(p) not in referenced)
-            )
-        ]
-        gone = folder != root and folder.name not in live
-        if not junk and not gone:
-            continue
-        lock = nullcontext() if folder == root else session_lock(home, folder.name, folder.name)
-        try:
-            with lock:
-                for p in junk:
-                    kind = "temp" if p.name.startswith(TEMP_PREFIX) else "orphan"
-                    what = "stale temp file" if kind == "temp" else "orphaned checkpoint file"
-                    size = p.stat().st_size
-                    report.say(kind, f"remove {what} {p} ({human_bytes(size)})", size)
-                    if not report.dry_run:
-                        p.unlink(missing_ok=True)
-                if gone and not report.dry_run:
-                    remove_session_dir(home, folder.name)
-        except SessionError:
-            click.echo(f"skipped {folder}: its session is open in another agentrt process")
 
 
 @sessions.command("gc")
@@ -470,17 +339,27 @@ def gc(ctx: click.Context, keep: int | None, verify: bool, dry_run: bool, **_: A
     and `.tmp-` leftovers of interrupted saves, and with --keep N prunes old checkpoints.
     Folders of sessions open in another agentrt process are skipped.
     """
+    from agentrt.sessions.gc import collect_files, mark_missing, prune
+
     settings = resolve_settings(ctx)
+    layout = layout_of(settings)
     report = _Report(dry_run)
     with catalog(settings, readonly=True) as store:
         if store is None:
             click.echo("nothing to collect: no sessions saved yet")
             return
         try:
-            _checkpoint_status(store, settings.home, verify, report)
+            mark_missing(store, layout, verify=verify, dry_run=dry_run, say=report.say)
             if keep is not None:
-                _prune(store, settings.home, keep, report)
-            _collect_files(store, settings.home, report)
+                prune(
+                    store,
+                    layout,
+                    keep,
+                    dry_run=dry_run,
+                    say=report.say,
+                    when=lambda c: local_time(c.created_at),
+                )
+            collect_files(store, layout, dry_run=dry_run, say=report.say, size_text=human_bytes)
         except AgentRTError:
             click.echo("gc stopped early; what is listed above was done", err=True)
             raise

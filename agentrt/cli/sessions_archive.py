@@ -1,68 +1,31 @@
-"""Catalog plumbing of `agentrt sessions` and its archive commands: `export` and `import`.
+"""`agentrt sessions export` and `import`: parse options, call `agentrt.sessions.archive`, print.
 
-`fork` (in `agentrt.cli.sessions`) and `import` share `create_copy`: a new session row,
-blobs written crash-safely (`write_atomic`: temp file, fsync, rename, fsync folder) and
-checked against their recorded SHA-256, then the message and checkpoint rows. A checkpoint
-row never points at a file that is not fully written; a failure deletes what was created.
-
-An archive is a tar.gz with `manifest.json` (format, session row, messages, checkpoints with
-size and SHA-256) and one `blobs/<n>.safetensors` member per checkpoint. `import` verifies
-every blob's size, SHA-256 and checkpoint header before it writes anything.
-
-Heavy packages (SQLAlchemy, torch) are imported inside functions only.
+Also the small formatting and catalog helpers the session commands share. Heavy packages
+(SQLAlchemy, torch) are imported inside functions only.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import fcntl
-import gzip
-import hashlib
-import io
-import json
-import os
-import re
-import struct
-import tarfile
-import time
-import zlib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
-from typing import IO, TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from agentrt.cli.options import db_option, home_option, resolve_settings
-from agentrt.errors import AgentRTError, CheckpointError, ConfigError, SessionError
+from agentrt.dms.budget import format_bytes
+from agentrt.errors import ConfigError
 
 if TYPE_CHECKING:
-    from agentrt.sessions import SessionInfo, SessionStore
-    from agentrt.sessions.atomic import HashingWriter
+    from agentrt.sessions.layout import SessionLayout
+    from agentrt.sessions.store import SessionStore
     from agentrt.settings import Settings
-
-ARCHIVE_FORMAT = "agentrt-session-archive"
-ARCHIVE_VERSION = 1
-MANIFEST = "manifest.json"
-CHECKPOINT_FORMAT = "agentrt-kv-checkpoint"  # the `format` header of a checkpoint blob
-LOCK_NAME = ".lock"
-CHUNK = 1 << 20
-_SAFE_BLOB = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors$")
-
-
-# -- formatting --------------------------------------------------------------------------
 
 
 def human_bytes(n: int) -> str:
     """`n` bytes as B, KiB, MiB, GiB or TiB with one decimal."""
-    value = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(value) < 1024:
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{value:.1f} TiB"
+    return format_bytes(n, digits=1)
 
 
 def count(n: int, noun: str) -> str:
@@ -70,286 +33,20 @@ def count(n: int, noun: str) -> str:
     return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
-def iso(value: datetime) -> str:
-    """An aware datetime as ISO 8601 in UTC."""
-    return value.astimezone(UTC).isoformat()
+def layout_of(settings: Settings) -> SessionLayout:
+    """Where `settings` keep checkpoint blobs."""
+    from agentrt.sessions.layout import SessionLayout
 
-
-# -- catalog and locks -------------------------------------------------------------------
+    return SessionLayout(home=settings.home, checkpoint_dir=settings.checkpoint_dir)
 
 
 @contextmanager
 def catalog(settings: Settings, *, readonly: bool = False) -> Iterator[SessionStore | None]:
-    """The session store of `settings` (migrated to head), closed on exit.
+    """The session store of `settings` (see `agentrt.sessions.catalog.catalog`)."""
+    from agentrt.sessions.catalog import catalog as open_catalog
 
-    With `readonly=True` a SQLite catalog that does not exist yet yields None instead of
-    being created, so listing sessions on a fresh machine writes nothing.
-    """
-    from agentrt.sessions import SessionStore, open_catalog, sqlite_path
-    from agentrt.sessions.atomic import ensure_private_dir
-
-    if readonly:
-        path = sqlite_path(settings.db_url)
-        if path is not None and not path.exists():
-            yield None
-            return
-    else:
-        ensure_private_dir(settings.home)
-    store = SessionStore(open_catalog(settings.db_url))
-    try:
+    with open_catalog(layout_of(settings), settings.db_url, readonly=readonly) as store:
         yield store
-    finally:
-        store.close()
-
-
-def require_store(store: SessionStore | None, name: str) -> SessionStore:
-    """`store`, or the SessionError an unknown session gets when there is no catalog yet."""
-    if store is None:
-        raise SessionError(
-            f"no session named {name!r} (no sessions saved yet)",
-            hint="list sessions with `agentrt sessions ls`",
-        )
-    return store
-
-
-def session_dir(home: Path, session_id: str) -> Path:
-    """Folder of a session's checkpoint blobs (and its `.lock` file)."""
-    return home / "checkpoints" / session_id
-
-
-@contextmanager
-def session_lock(home: Path, session_id: str, name: str, *, create: bool = True) -> Iterator[bool]:
-    """Hold the session folder's `.lock` (the one `Engine` holds while a session is open).
-
-    Raises SessionError when another process holds it. Yields False (holding nothing) when
-    the folder does not exist and `create` is False.
-    """
-    from agentrt.sessions.atomic import ensure_private_dir
-
-    folder = session_dir(home, session_id)
-    if not folder.is_dir():
-        if not create:
-            yield False
-            return
-        ensure_private_dir(folder)
-    fd = os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SessionError(
-                f"session {name!r} is open in another agentrt process",
-                hint="close it there first, or fork it into a new session",
-            ) from None
-        yield True
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
-
-
-def remove_session_dir(home: Path, session_id: str) -> None:
-    """Remove a session folder's `.lock` and the folder itself when nothing else is left."""
-    folder = session_dir(home, session_id)
-    (folder / LOCK_NAME).unlink(missing_ok=True)
-    try:
-        folder.rmdir()
-    except OSError:
-        pass  # missing, or still holds files the user kept
-
-
-# -- copying sessions (fork, import) ------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class BlobCopy:
-    """One checkpoint to recreate: its row (`as_json` of a CheckpointInfo) and a writer of its bytes."""
-
-    row: Mapping[str, Any]
-    filename: str
-    write: Callable[[HashingWriter], None] = field(repr=False)
-
-
-@dataclass(frozen=True)
-class SessionCopy:
-    """A session to create: its new name, row (`as_json` of a SessionInfo), messages, checkpoints."""
-
-    name: str
-    row: Mapping[str, Any]
-    status: str
-    messages: list[dict[str, Any]] = field(repr=False)
-    checkpoints: list[BlobCopy]
-
-
-def copy_file(path: Path) -> Callable[[HashingWriter], None]:
-    """A writer for `write_atomic` that streams the bytes of `path`."""
-
-    def write(sink: HashingWriter) -> None:
-        if not path.is_file():
-            raise CheckpointError(
-                f"checkpoint file {path} is missing",
-                hint="run `agentrt sessions gc` to mark it, then use another checkpoint",
-            )
-        with open(path, "rb") as f:
-            while chunk := f.read(CHUNK):
-                sink.write(chunk)
-
-    return write
-
-
-def create_copy(store: SessionStore, home: Path, copy: SessionCopy) -> SessionInfo:
-    """Create the session of `copy`: row, blobs (verified), messages, checkpoint rows.
-
-    On any failure everything created so far is removed again and the error re-raised.
-    A crash in between leaves at worst a session row without checkpoints, and stray
-    blobs that `agentrt sessions gc` removes; never a row that points at a partial file.
-    """
-    from agentrt.sessions.atomic import write_atomic
-
-    known = {c.row["id"] for c in copy.checkpoints}
-    orphaned = [
-        c.row["id"]
-        for c in copy.checkpoints
-        if c.row["kind"] == "incremental" and c.row.get("parent_id") not in known
-    ]
-    if orphaned:
-        raise CheckpointError(f"incremental checkpoints {orphaned} lack their parent checkpoint")
-    r = copy.row
-    info = store.create_session(
-        copy.name,
-        str(r["model"]),
-        str(r["fingerprint"]),
-        dict(r.get("dms_config") or {}),
-        tags=[str(t) for t in r.get("tags") or ()],
-        pinned=bool(r.get("pinned", False)),
-    )
-    written: list[Path] = []
-    try:
-        with session_lock(home, info.id, copy.name):
-            for n, blob in enumerate(copy.checkpoints):
-                path = session_dir(home, info.id) / unique_name(blob.filename, n, written)
-                written.append(path)
-                done = write_atomic(path, blob.write)
-                want = (int(blob.row["size_bytes"]), str(blob.row["sha256"]))
-                if (done.size_bytes, done.sha256) != want:
-                    raise CheckpointError(
-                        f"checkpoint {blob.row['id']} is corrupt: {done.size_bytes} bytes with "
-                        f"sha256 {done.sha256[:16]}…, recorded {want[0]} bytes, {want[1][:16]}…",
-                        hint="run `agentrt sessions gc --verify` to mark corrupt checkpoints",
-                    )
-            for m in copy.messages:
-                store.add_message(
-                    info.id,
-                    m["role"],
-                    m["content"],
-                    tool_calls=m.get("tool_calls"),
-                    token_start=m.get("token_start"),
-                    token_end=m.get("token_end"),
-                )
-            ids: dict[str, str] = {}
-            for blob, path in zip(copy.checkpoints, written, strict=True):
-                c = blob.row
-                ids[c["id"]] = store.add_checkpoint(
-                    info.id,
-                    file=path.relative_to(home).as_posix(),
-                    size_bytes=int(c["size_bytes"]),
-                    sha256=str(c["sha256"]),
-                    tokens=int(c["tokens"]),
-                    slots=int(c["slots"]),
-                    compression_ratio=float(c["compression_ratio"]),
-                    fingerprint=str(c["fingerprint"]),
-                    format_version=int(c["format_version"]),
-                    parent_id=ids.get(c.get("parent_id") or ""),
-                    kind=str(c["kind"]),
-                ).id
-            store.update_session_stats(
-                info.id,
-                tokens=int(r["tokens"]),
-                slots=int(r["slots"]),
-                kv_bytes=int(r["kv_bytes"]),
-                compression_ratio=float(r["compression_ratio"]),
-            )
-            return store.set_status(info.id, copy.status)
-    except BaseException:
-        try:
-            store.delete_session(info.id)
-        except AgentRTError:
-            pass  # the original error matters more; gc cleans up what is left
-        for path in written:
-            path.unlink(missing_ok=True)
-        remove_session_dir(home, info.id)
-        raise
-
-
-def unique_name(filename: str, n: int, taken: list[Path]) -> str:
-    """`filename` if it is a plain, unused blob name, else `<n>.safetensors`."""
-    name = PurePosixPath(filename).name
-    if not _SAFE_BLOB.match(name) or any(p.name == name for p in taken):
-        name = f"{n:06d}.safetensors"
-    return name
-
-
-def as_json(record: Any) -> dict[str, Any]:
-    """A frozen store record (SessionInfo, MessageInfo, CheckpointInfo) as a JSON-ready dict."""
-    return {f.name: _plain(getattr(record, f.name)) for f in dataclasses.fields(record)}
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return iso(value)
-    if isinstance(value, Mapping):
-        return {str(k): _plain(v) for k, v in value.items()}
-    if isinstance(value, tuple | list):
-        return [_plain(v) for v in value]
-    return value
-
-
-# -- export ------------------------------------------------------------------------------
-
-
-class _HashingReader:
-    """A file-like reader that hashes what passes through it (for `TarFile.addfile`)."""
-
-    def __init__(self, raw: IO[bytes]) -> None:
-        self.raw = raw
-        self.digest = hashlib.sha256()
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.raw.read(n)
-        self.digest.update(data)
-        return data
-
-
-def _tarinfo(name: str, size: int) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = size, 0o600, int(time.time())
-    return info
-
-
-def write_archive(sink: HashingWriter, home: Path, manifest: dict[str, Any]) -> None:
-    """Stream `manifest.json` and every checkpoint blob into a tar.gz on `sink`.
-
-    Each blob is hashed while it is copied; a mismatch with its row raises CheckpointError
-    (and `write_atomic` then discards the partial archive).
-    """
-    with tarfile.open(fileobj=sink, mode="w|gz") as tar:  # type: ignore[call-overload]
-        raw = json.dumps(manifest, indent=2, sort_keys=True).encode()
-        tar.addfile(_tarinfo(MANIFEST, len(raw)), io.BytesIO(raw))
-        for c in manifest["checkpoints"]:
-            path = home / c["file"]
-            if not path.is_file():
-                raise CheckpointError(
-                    f"checkpoint file {path} is missing",
-                    hint="run `agentrt sessions gc` to mark it missing, then export again",
-                )
-            with open(path, "rb") as f:
-                if os.fstat(f.fileno()).st_size != c["size_bytes"]:
-                    raise CheckpointError(f"checkpoint file {path} has the wrong size")
-                reader = _HashingReader(f)
-                tar.addfile(_tarinfo(c["blob"], c["size_bytes"]), reader)
-            if reader.digest.hexdigest() != c["sha256"]:
-                raise CheckpointError(
-                    f"checkpoint file {path} does not match its recorded sha256",
-                    hint="run `agentrt sessions gc --verify` to mark it, then export again",
-                )
 
 
 @click.command("export")
@@ -363,184 +60,24 @@ def write_archive(sink: HashingWriter, home: Path, manifest: dict[str, Any]) -> 
 def export(ctx: click.Context, name: str, file: Path, latest: bool, force: bool, **_: Any) -> None:
     """Write session NAME (row, messages, checkpoints) to one tar.gz archive FILE (mode 0600)."""
     from agentrt import __version__
-    from agentrt.sessions.atomic import write_atomic
+    from agentrt.sessions.archive import export_archive
+    from agentrt.sessions.catalog import require_store
 
     settings = resolve_settings(ctx)
     if file.exists() and not force:
         raise ConfigError(f"{file} already exists", hint="pass --force to overwrite it")
     with catalog(settings, readonly=True) as store:
-        store = require_store(store, name)
-        info = store.get_session(name)
-        rows = [c for c in store.checkpoints(info) if not c.missing]
-        if latest:
-            rows = rows[-1:]
-        messages = [as_json(m) for m in store.messages(info)]
-    exported = {c.id for c in rows}
-    checkpoints = []
-    for n, c in enumerate(rows):
-        entry = as_json(c)
-        entry["blob"] = f"blobs/{n:06d}-{PurePosixPath(c.file).name}"
-        if c.parent_id not in exported:
-            if c.kind == "incremental":
-                raise CheckpointError(
-                    f"incremental checkpoint {c.id} needs its parent {c.parent_id}, "
-                    "which is missing or not exported"
-                )
-            entry["parent_id"] = None
-        checkpoints.append(entry)
-    manifest = {
-        "format": ARCHIVE_FORMAT,
-        "format_version": ARCHIVE_VERSION,
-        "agentrt_version": __version__,
-        "exported_at": iso(datetime.now(UTC)),
-        "session": as_json(info),
-        "messages": messages,
-        "checkpoints": checkpoints,
-    }
-    done = write_atomic(file, lambda sink: write_archive(sink, settings.home, manifest))
+        done = export_archive(
+            require_store(store, name),
+            layout_of(settings),
+            name,
+            file,
+            latest=latest,
+            agentrt_version=__version__,
+        )
     click.echo(
-        f"exported session {info.name!r}: {count(len(messages), 'message')}, "
-        f"{count(len(checkpoints), 'checkpoint')} → {file} ({human_bytes(done.size_bytes)})"
-    )
-
-
-# -- import ------------------------------------------------------------------------------
-
-
-def _bad_archive(path: Path, why: str) -> CheckpointError:
-    return CheckpointError(
-        f"archive {path} is corrupt or not an agentrt session archive: {why}",
-        hint="nothing was imported; export the session again",
-    )
-
-
-@contextmanager
-def open_archive(path: Path) -> Iterator[tarfile.TarFile]:
-    """Open a tar.gz for reading; read errors inside the block become CheckpointError."""
-    try:
-        with tarfile.open(path, mode="r:gz") as tar:
-            yield tar
-    except FileNotFoundError:
-        raise CheckpointError(f"archive {path} does not exist") from None
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as err:
-        raise _bad_archive(path, f"{type(err).__name__}: {err}") from None
-
-
-def _member(tar: tarfile.TarFile, path: Path, name: str) -> IO[bytes]:
-    try:
-        member = tar.getmember(name)
-    except KeyError:
-        raise _bad_archive(path, f"member {name!r} is missing") from None
-    stream = tar.extractfile(member) if member.isfile() else None
-    if stream is None:
-        raise _bad_archive(path, f"member {name!r} is not a regular file")
-    return stream
-
-
-def read_manifest(tar: tarfile.TarFile, path: Path) -> dict[str, Any]:
-    """The archive's manifest, with its format and required keys checked."""
-    try:
-        manifest = json.loads(_member(tar, path, MANIFEST).read())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise _bad_archive(path, f"manifest.json is not JSON ({err})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != ARCHIVE_FORMAT:
-        raise _bad_archive(path, f"manifest format is not {ARCHIVE_FORMAT!r}")
-    version = manifest.get("format_version")
-    if not isinstance(version, int) or version > ARCHIVE_VERSION:
-        raise CheckpointError(
-            f"archive {path} has format version {version!r}; this agentrt reads up to "
-            f"{ARCHIVE_VERSION}",
-            hint="upgrade agentrt to import it",
-        )
-    session = manifest.get("session")
-    messages = manifest.get("messages")
-    checkpoints = manifest.get("checkpoints")
-    if not (
-        isinstance(session, dict) and isinstance(messages, list) and isinstance(checkpoints, list)
-    ):
-        raise _bad_archive(path, "manifest lacks session, messages or checkpoints")
-    for c in checkpoints:
-        keys = ("blob", "sha256", "size_bytes", "fingerprint", "id", "kind")
-        if not isinstance(c, dict) or any(k not in c for k in keys):
-            raise _bad_archive(path, "a checkpoint entry lacks blob, sha256, size or fingerprint")
-    return manifest
-
-
-def verify_blob(tar: tarfile.TarFile, path: Path, entry: Mapping[str, Any]) -> None:
-    """Check one archived blob: size, SHA-256, and a checkpoint header with the right fingerprint."""
-    from agentrt.sessions import FORMAT_VERSION
-
-    stream = _member(tar, path, entry["blob"])
-    digest, size, head = hashlib.sha256(), 0, b""
-    while chunk := stream.read(CHUNK):
-        digest.update(chunk)
-        size += len(chunk)
-        if len(head) < CHUNK:
-            head += chunk[: CHUNK - len(head)]
-    if size != entry["size_bytes"] or digest.hexdigest() != entry["sha256"]:
-        raise _bad_archive(
-            path, f"checkpoint blob {entry['blob']!r} does not match its size and sha256"
-        )
-    header = _safetensors_metadata(head, size)
-    if header is None or header.get("format") != CHECKPOINT_FORMAT:
-        raise _bad_archive(path, f"{entry['blob']!r} is not an agentrt checkpoint")
-    if header.get("fingerprint") != entry["fingerprint"]:
-        raise _bad_archive(path, f"{entry['blob']!r} names another model than its manifest entry")
-    version = str(header.get("format_version", ""))
-    if not version.isdigit():
-        raise _bad_archive(path, f"{entry['blob']!r} has no valid format_version")
-    if int(version) > FORMAT_VERSION:
-        raise CheckpointError(
-            f"{entry['blob']!r} has checkpoint format {header.get('format_version')}; this "
-            f"agentrt reads up to {FORMAT_VERSION}",
-            hint="upgrade agentrt to import it",
-        )
-
-
-def _safetensors_metadata(head: bytes, size: int) -> dict[str, str] | None:
-    """The `__metadata__` of a safetensors file from its first bytes, or None if unreadable."""
-    if len(head) < 8:
-        return None
-    (length,) = struct.unpack("<Q", head[:8])
-    if length > len(head) - 8 or 8 + length > size:
-        return None
-    try:
-        meta = json.loads(head[8 : 8 + length]).get("__metadata__")
-    except (ValueError, AttributeError):
-        return None
-    return meta if isinstance(meta, dict) else None
-
-
-def tar_writer(path: Path, member: str) -> Callable[[HashingWriter], None]:
-    """A writer for `write_atomic` that copies one archive member (reopening the archive)."""
-
-    def write(sink: HashingWriter) -> None:
-        with open_archive(path) as tar:
-            stream = _member(tar, path, member)
-            while chunk := stream.read(CHUNK):
-                sink.write(chunk)
-
-    return write
-
-
-def copy_from_manifest(manifest: dict[str, Any], path: Path, name: str) -> SessionCopy:
-    """A SessionCopy that recreates the archived session under `name` (rows checked)."""
-    session = manifest["session"]
-    need = {"model", "fingerprint", "tokens", "slots", "kv_bytes", "compression_ratio"}
-    need_ckpt = {"tokens", "slots", "compression_ratio", "format_version"}
-    if not need <= set(session) or any(not need_ckpt <= set(c) for c in manifest["checkpoints"]):
-        raise _bad_archive(path, "the session or a checkpoint entry lacks fields")
-    if any(not isinstance(m, dict) or "role" not in m for m in manifest["messages"]):
-        raise _bad_archive(path, "a message entry is malformed")
-    return SessionCopy(
-        name=name,
-        row=session,
-        status="archived" if session.get("status") == "archived" else "saved",
-        messages=manifest["messages"],
-        checkpoints=[
-            BlobCopy(row=c, filename=str(c["blob"]), write=tar_writer(path, c["blob"]))
-            for c in manifest["checkpoints"]
-        ],
+        f"exported session {done.info.name!r}: {count(done.messages, 'message')}, "
+        f"{count(done.checkpoints, 'checkpoint')} → {file} ({human_bytes(done.size_bytes)})"
     )
 
 
@@ -552,27 +89,15 @@ def copy_from_manifest(manifest: dict[str, Any], path: Path, name: str) -> Sessi
 @click.pass_context
 def import_session(ctx: click.Context, file: Path, as_name: str | None, **_: Any) -> None:
     """Import a session archive written by `agentrt sessions export` (verified first)."""
+    from agentrt.sessions.archive import create_copy, prepare_import
+
     settings = resolve_settings(ctx)
-    with open_archive(file) as tar:
-        manifest = read_manifest(tar, file)
-        name = as_name or str(manifest["session"].get("name", ""))
-        with catalog(settings, readonly=True) as store:
-            if store is not None:
-                _refuse_taken(store, name, renamed=as_name is not None)
-        for entry in manifest["checkpoints"]:
-            verify_blob(tar, file, entry)
-    copy = copy_from_manifest(manifest, file, name)
+    with catalog(settings, readonly=True) as store:
+        copy = prepare_import(file, as_name, store)
     with catalog(settings) as store:
         assert store is not None
-        info = create_copy(store, settings.home, copy)
+        info = create_copy(store, layout_of(settings), copy)
     click.echo(
         f"imported session {info.name!r} ({info.id[:8]}): "
         f"{count(len(copy.messages), 'message')}, {count(len(copy.checkpoints), 'checkpoint')}"
     )
-
-
-def _refuse_taken(store: SessionStore, name: str, *, renamed: bool) -> None:
-    if all(s.name != name for s in store.list_sessions()):
-        return
-    hint = "choose another name" if renamed else "import it under another name with --as NEW"
-    raise SessionError(f"a session named {name!r} already exists", hint=hint)

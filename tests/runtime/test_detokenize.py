@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from agentrt.detokenize import IncrementalDetokenizer
+from agentrt.engine.detokenize import IncrementalDetokenizer
 from tests.runtime.tokenizer_fixture import CORPUS, byte_tokenizer
 
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import agentrt.engine as engine_mod
+import agentrt.engine.engine as engine_mod
 from agentrt import Engine, SamplingParams
 from agentrt.dms import serving
+from agentrt.engine.persistence import AutosavePolicy
 from agentrt.errors import BudgetError, ConfigError, SessionError
-from agentrt.persistence import AutosavePolicy
 from tests.dms.serving_helpers import tiny_model
 
 

@@ -13,8 +13,8 @@ import torch
 
 from agentrt import Engine
 from agentrt.dms import DMSConfig, load_model
+from agentrt.engine.persistence import AutosavePolicy
 from agentrt.errors import CheckpointError, SessionError
-from agentrt.persistence import AutosavePolicy
 from tests.dms.serving_helpers import tiny_model
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,14 +7,14 @@ import math
 import pytest
 import torch
 
-from agentrt.errors import ConfigError
-from agentrt.sampling import (
+from agentrt.engine.sampling import (
     SamplingParams,
     apply_repetition_penalty,
     filter_logits,
     new_generator,
     sample_token,
 )
+from agentrt.errors import ConfigError
 
 
 def test_greedy_is_argmax():

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from agentrt.engine.request import Request
+from agentrt.engine.scheduler import Scheduler, SchedulerConfig
 from agentrt.errors import ConfigError
-from agentrt.scheduler import Request, Scheduler, SchedulerConfig
 
 
 def _req(name: str, n: int, *, decode: bool = False) -> Request:

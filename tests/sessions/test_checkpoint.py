@@ -15,13 +15,12 @@ from safetensors.torch import save_file
 from agentrt.dms.cache_spec import CacheSpec
 from agentrt.dms.kv_pool import KVPool
 from agentrt.dms.serving import StepItem
+from agentrt.dms.session_cache import SessionCache
 from agentrt.errors import BudgetError, CheckpointError
 from agentrt.sessions import (
     FORMAT_VERSION,
-    cache_state,
     load_checkpoint,
     model_fingerprint,
-    restore_cache,
     save_checkpoint,
 )
 from tests.dms.serving_helpers import poisoned_pool, run_chunks, tiny_model
@@ -95,7 +94,7 @@ def test_resume_gives_identical_logits(model, saved, block_size: int) -> None:
         info.path, expected_sha256=info.sha256, expected_size=info.size_bytes, fingerprint=fp
     )
     pool = poisoned_pool(model, num_blocks=300, block_size=block_size)
-    restored = restore_cache(loaded.state, pool, window=model.window)
+    restored = SessionCache.from_state(loaded.state, pool, window=model.window)
     assert restored.lens == cache.lens and restored.next_pos == cache.next_pos == PREFIX
     assert loaded.token_ids == ids[:PREFIX].tolist() and loaded.metadata == {"turn": "2"}
     twin = cache.fork()
@@ -113,13 +112,14 @@ def test_resume_gives_identical_logits(model, saved, block_size: int) -> None:
 NEW_PROCESS = """
 import sys, torch
 sys.path.insert(0, sys.argv[1])
-from agentrt.sessions import load_checkpoint, model_fingerprint, restore_cache
+from agentrt.dms.session_cache import SessionCache
+from agentrt.sessions import load_checkpoint, model_fingerprint
 from tests.dms.serving_helpers import poisoned_pool, tiny_model
 from tests.sessions.test_checkpoint import _continue, _ids, PREFIX, TAIL
 model = tiny_model(window=3, offset=5.0)
 ck = load_checkpoint(sys.argv[2], expected_sha256=sys.argv[3], expected_size=int(sys.argv[4]),
                      fingerprint=model_fingerprint(model))
-cache = restore_cache(ck.state, poisoned_pool(model, num_blocks=300, block_size=8), window=3)
+cache = SessionCache.from_state(ck.state, poisoned_pool(model, num_blocks=300, block_size=8), window=3)
 gen = torch.Generator().set_state(ck.extra["rng"])
 logits, tokens = _continue(model, cache, _ids(PREFIX + TAIL), gen)
 torch.save({"logits": logits, "tokens": tokens}, sys.argv[5])
@@ -154,12 +154,15 @@ def test_adapter_flavour_and_empty_cache_round_trip(tmp_path: Path) -> None:
     empty = model.new_cache(pool)
     info = save_checkpoint(tmp_path / "empty.safetensors", empty, token_ids=[], fingerprint=fp)
     state = load_checkpoint(info.path, fingerprint=fp).state
-    assert restore_cache(state, pool, window=4).slots_held == 0 and info.compression_ratio == 1.0
+    assert (
+        SessionCache.from_state(state, pool, window=4).slots_held == 0
+        and info.compression_ratio == 1.0
+    )
     ids = _ids(30, seed=5)
     cache = model.new_cache(pool)
     run_chunks(model, cache, ids[:20], [20])
     info = save_checkpoint(tmp_path / "a.safetensors", cache, token_ids=[], fingerprint=fp)
-    restored = restore_cache(load_checkpoint(info.path).state, pool, window=4)
+    restored = SessionCache.from_state(load_checkpoint(info.path).state, pool, window=4)
     for tail in (ids[20:27], ids[27:28]):
         expected = run_chunks(model, cache, tail, [tail.numel()])
         assert torch.equal(run_chunks(model, restored, tail, [tail.numel()]), expected)
@@ -167,9 +170,11 @@ def test_adapter_flavour_and_empty_cache_round_trip(tmp_path: Path) -> None:
 
 def test_state_is_independent_of_block_size(model, saved) -> None:
     cache, *_ = saved
-    state = cache_state(cache)
-    other = restore_cache(state, poisoned_pool(model, num_blocks=300, block_size=3), window=3)
-    again = cache_state(other)
+    state = cache.state_dict()
+    other = SessionCache.from_state(
+        state, poisoned_pool(model, num_blocks=300, block_size=3), window=3
+    )
+    again = other.state_dict()
     assert sorted(state) == sorted(again)
     assert all(torch.equal(state[k], again[k]) for k in state)
     assert state["layer.0.k"].shape == (sum(cache.lens[0]), 16)
@@ -270,9 +275,11 @@ def test_restore_into_an_incompatible_pool_is_refused(model, saved) -> None:
     spec = CacheSpec(2, 2, head_dim=32, block_size=16, dtype=torch.float32, window=3)
     pool = KVPool(spec, 100)
     with pytest.raises(CheckpointError, match="head_dim: checkpoint 16, pool 32"):
-        restore_cache(state, pool, window=3)
+        SessionCache.from_state(state, pool, window=3)
     with pytest.raises(CheckpointError, match="window: checkpoint 3, pool 7"):
-        restore_cache(state, poisoned_pool(model, num_blocks=100, block_size=16), window=7)
+        SessionCache.from_state(
+            state, poisoned_pool(model, num_blocks=100, block_size=16), window=7
+        )
     assert pool.num_free == 100
 
 
@@ -281,7 +288,7 @@ def test_pool_too_small_raises_budget_error_and_leaks_nothing(model, saved, monk
     state = load_checkpoint(info.path).state
     small = poisoned_pool(model, num_blocks=5, block_size=4)
     with pytest.raises(BudgetError, match="needs .* KV blocks"):
-        restore_cache(state, small, window=3)
+        SessionCache.from_state(state, small, window=3)
     assert small.num_free == 5
     pool = poisoned_pool(model, num_blocks=300, block_size=4)
     calls = []
@@ -293,7 +300,7 @@ def test_pool_too_small_raises_budget_error_and_leaks_nothing(model, saved, monk
 
     monkeypatch.setattr("agentrt.kernels.write_kv_slots", failing_write)
     with pytest.raises(RuntimeError, match="device lost"):
-        restore_cache(state, pool, window=3)
+        SessionCache.from_state(state, pool, window=3)
     assert pool.num_free == 300 and len(calls) == 2
 
 
@@ -339,7 +346,11 @@ def test_restore_across_devices(tmp_path: Path) -> None:
     info = save_checkpoint(tmp_path / "g.safetensors", cache, token_ids=[], fingerprint=fp)
     state = load_checkpoint(info.path, expected_sha256=info.sha256, fingerprint=fp).state
     expected = _greedy(gpu, cache.fork(), ids)
-    on_gpu = restore_cache(state, poisoned_pool(gpu, num_blocks=300, block_size=4), window=3)
-    on_cpu = restore_cache(state, poisoned_pool(cpu, num_blocks=300, block_size=16), window=3)
+    on_gpu = SessionCache.from_state(
+        state, poisoned_pool(gpu, num_blocks=300, block_size=4), window=3
+    )
+    on_cpu = SessionCache.from_state(
+        state, poisoned_pool(cpu, num_blocks=300, block_size=16), window=3
+    )
     torch.testing.assert_close(_greedy(gpu, on_gpu, ids), expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(_greedy(cpu, on_cpu, ids).cuda(), expected, atol=1e-4, rtol=1e-4)

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agentrt.dms.kv_pool import KVPool
+    from agentrt.engine.scheduler import StepPlan
 
 log = logging.getLogger("agentrt.telemetry")
 
@@ -19,14 +23,13 @@ class Telemetry:
     busy_seconds: float = 0.0
     last: dict[str, Any] = field(default_factory=dict)
 
-    def record_step(self, plan: Any, seconds: float, engine: Any) -> dict[str, Any]:
+    def record_step(self, plan: StepPlan, seconds: float, pool: KVPool) -> dict[str, Any]:
         """Account one step and return its numbers."""
         self.steps += 1
         self.prefill_tokens += plan.num_prefill_tokens
         self.decode_tokens += plan.num_decode_tokens
         self.busy_seconds += seconds
         tokens = plan.num_prefill_tokens + plan.num_decode_tokens
-        pool = engine.pool
         self.last = {
             "step": self.steps,
             "seconds": seconds,
@@ -38,6 +41,8 @@ class Telemetry:
             "pool_blocks": pool.num_blocks,
             "pool_occupancy": pool.num_used / pool.num_blocks,
             "deferred": len(plan.deferred),
+            "swapped_out": len(plan.swap_out),
+            "swapped_in": len(plan.swap_in),
         }
         log.debug("step", extra={"telemetry": self.last})
         return self.last

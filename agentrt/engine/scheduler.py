@@ -1,17 +1,22 @@
 """Continuous-batching scheduler: which sessions feed which tokens in the next engine step.
 
-It never touches tensors or models: it sees requests as token-id lists and asks the
-engine, through one narrow callback, whether a session's tokens fit in the KV pool.
+It never touches tensors or models, and it changes nothing outside its queue: it sees
+requests as token-id lists and asks one narrow callback, `reserve(request, n_tokens)`,
+whether a session's tokens fit. The answer is a `Reservation` (the blocks it holds and
+the swaps that make room, which the engine runs before the forward) or None.
 """
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING
 
+from agentrt.engine.request import Request
 from agentrt.errors import ConfigError
+
+if TYPE_CHECKING:
+    from agentrt.engine.session import Session
 
 
 @dataclass(frozen=True)
@@ -29,30 +34,13 @@ class SchedulerConfig:
             raise ConfigError("scheduler settings must be integers ≥ 1: " + ", ".join(bad))
 
 
-_ids = itertools.count()
+@dataclass(frozen=True)
+class Reservation:
+    """Room for one plan item: pool blocks held for it and the swaps that free them."""
 
-
-@dataclass(eq=False)
-class Request:
-    """A unit of work for one session: tokens to feed, then optionally sampling."""
-
-    session: Any  # agentrt.session.Session (opaque to the scheduler)
-    pending: list[int]  # token ids still to feed
-    generate: bool  # sample after the last pending token
-    max_new_tokens: int = 0
-    rid: int = field(default_factory=lambda: next(_ids))
-    generated: list[int] = field(default_factory=list)
-    finished: bool = False
-    finish_reason: str | None = None
-    error: BaseException | None = None
-    decode_phase: bool = False  # True once the prompt is fed and tokens are being generated
-    payload: dict = field(default_factory=dict, repr=False)  # engine-side per-request state
-
-    def __repr__(self) -> str:  # never log token ids or text
-        return (
-            f"Request(rid={self.rid}, pending={len(self.pending)} tokens, generate={self.generate}, "
-            f"generated={len(self.generated)}, finished={self.finished})"
-        )
+    blocks: int = 0  # pool blocks this item may take (appends + copy-on-write)
+    swap_out: tuple[Session, ...] = ()  # idle sessions to move out of the pool first
+    swap_in: tuple[Session, ...] = ()  # the item's own session, when it is swapped out
 
 
 @dataclass
@@ -66,16 +54,18 @@ class PlanItem:
 
 @dataclass
 class StepPlan:
-    """What the next engine step runs; the runner gets nothing else."""
+    """What the next engine step runs, as data: swaps first, then one forward over `items`."""
 
     items: list[PlanItem] = field(default_factory=list)
     num_prefill_tokens: int = 0
     num_decode_tokens: int = 0
     deferred: list[Request] = field(default_factory=list)  # did not fit in memory this step
+    swap_out: list[Session] = field(default_factory=list)  # sessions to swap out before the forward
+    swap_in: list[Session] = field(default_factory=list)  # planned sessions to bring back first
 
 
-# reserve(request, n_tokens) -> True if the session's cache can take n more tokens now
-ReserveFn = Callable[[Request, int], bool]
+# reserve(request, n_tokens) -> a Reservation when the session can take n more tokens, else None
+ReserveFn = Callable[[Request, int], "Reservation | bool | None"]
 
 
 class Scheduler:
@@ -97,10 +87,6 @@ class Scheduler:
         """Forget a request (finished or cancelled)."""
         if request in self.waiting:
             self.waiting.remove(request)
-
-    def has_work(self) -> bool:
-        """True while any request has tokens to feed."""
-        return any(r.pending and not r.finished for r in self.waiting)
 
     def schedule(self, reserve: ReserveFn) -> StepPlan:
         """Pick the next step's items: every decode token, then prefill chunks, within budgets."""
@@ -127,9 +113,13 @@ class Scheduler:
                 n = min(len(req.pending), cfg.prefill_chunk, budget, prefill_budget)
                 if n <= 0:
                     continue
-            if not reserve(req, n):
+            room = reserve(req, n)
+            if room is None or room is False:
                 plan.deferred.append(req)
                 continue
+            if isinstance(room, Reservation):
+                plan.swap_out.extend(room.swap_out)
+                plan.swap_in.extend(room.swap_in)
             tokens = req.pending[:n]
             plan.items.append(PlanItem(req, tokens, completes_feed=n == len(req.pending)))
             budget -= n

@@ -1,29 +1,39 @@
 """`Engine`: many resident sessions on one model, continuous batching, swap when memory is full.
 
-One engine step = schedule → run → postprocess. Any thread that waits for output from
-its request runs the next step under the engine lock, so concurrent callers share steps
-(continuous batching) without a background thread.
+One engine step = schedule → run → postprocess. Scheduling is pure: the plan names the
+swaps that make room, and they run before the forward. Any thread that waits for output
+from its request runs the next step under the engine lock, so concurrent callers share
+steps (continuous batching) without a background thread. Checkpoint writes (explicit
+saves and autosaves) run outside the lock, in the caller's thread.
 """
 
 from __future__ import annotations
 
-import collections
 import logging
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from agentrt.engine.memory import MemoryPlanner
+from agentrt.engine.persistence import AutosavePolicy, Persistence, autosave_due
+from agentrt.engine.registry import SessionRegistry
+from agentrt.engine.request import Request
+from agentrt.engine.sampling import SamplingParams, sample_token
+from agentrt.engine.scheduler import Scheduler, SchedulerConfig, StepPlan
+from agentrt.engine.session import Session
+from agentrt.engine.swap import SwapManager
+from agentrt.engine.telemetry import Telemetry
 from agentrt.errors import AgentRTError, BudgetError, SessionError
-from agentrt.memory import SwapManager
-from agentrt.persistence import AutosavePolicy, Persistence
-from agentrt.sampling import SamplingParams, sample_token
-from agentrt.scheduler import Request, Scheduler, SchedulerConfig, StepPlan
-from agentrt.session import Session
-from agentrt.telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from agentrt.dms.config import DMSConfig
+    from agentrt.dms.serving import CachePolicy
+    from agentrt.engine.model import ServingModel
+    from agentrt.sessions import CheckpointInfo
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +50,7 @@ class Engine:
 
     def __init__(
         self,
-        model: Any,
+        model: ServingModel,
         *,
         kv_budget: str | int = "1GiB",
         block_size: int = 16,
@@ -48,38 +58,43 @@ class Engine:
         scheduler: SchedulerConfig | None = None,
         cpu_swap_budget: str | int = "4GiB",
         swap_dir: str | Path | None = None,
-        policy: Any = None,
+        policy: CachePolicy | None = None,
         home: str | Path | None = None,
         db: str | None = None,
         autosave: AutosavePolicy | None = None,
         idle_ttl: float | None = None,
     ) -> None:
         from agentrt.dms.budget import parse_bytes
+        from agentrt.sessions.layout import SessionLayout
+        from agentrt.settings import Settings, load_settings
 
         self.model = model
-        self.tokenizer = getattr(model, "tokenizer", None)
+        self.tokenizer = model.tokenizer
         self.pool = model.make_pool(kv_budget, num_blocks=num_blocks, block_size=block_size)
         self.policy = policy
         self.window = policy.window if policy is not None else model.window
         if scheduler is None and model.dms is not None and model.dms.chunked_prefill:
-            scheduler = SchedulerConfig(
-                prefill_chunk=model.dms.chunked_prefill
-            )  # dms_chunked_prefill
+            scheduler = SchedulerConfig(prefill_chunk=model.dms.chunked_prefill)
         self.scheduler = Scheduler(scheduler)
-        self.swap = SwapManager(self, parse_bytes(cpu_swap_budget), swap_dir)
-        self.sessions: dict[str, Session] = {}
+        self.sessions = SessionRegistry()
+        self.swap = SwapManager(
+            self.pool,
+            self.sessions,
+            window=self.window,
+            cpu_budget=parse_bytes(cpu_swap_budget),
+            swap_dir=swap_dir,
+        )
         self.telemetry = Telemetry()
         self._lock = threading.RLock()
-        self._reserved = 0
-        self._protected: set[str] = set()
+        self._saving = threading.Lock()  # one checkpoint write at a time; never waits on _lock
         self._names = 0
         self.closed = False
-        if home is None or db is None:
-            from agentrt.settings import load_settings
-
+        if home is not None and db is not None:
+            settings = Settings(home=Path(home), db_url=db, model=None, device="auto")
+        else:
             settings = load_settings(home=str(home) if home else None, db=db)
-            home, db = settings.home, settings.db_url
-        self.persistence = Persistence(self, Path(home), db)
+        layout = SessionLayout(home=settings.home, checkpoint_dir=settings.checkpoint_dir)
+        self.persistence = Persistence(layout, settings.db_url, model, self.pool, self.window)
         self.autosave = autosave
         self.idle_ttl = idle_ttl  # seconds after which an idle, unpinned session leaves the pool
 
@@ -90,7 +105,7 @@ class Engine:
         *,
         device: str | torch.device | None = "auto",
         dtype: torch.dtype | None = None,
-        dms: Any = None,
+        dms: DMSConfig | str | None = None,
         **kwargs: Any,
     ) -> Engine:
         """Load a model (known name, folder or hub id; plain or DMS) and build an engine around it.
@@ -119,7 +134,7 @@ class Engine:
                 raise SessionError(f"a session named {name!r} is already open")
             session = Session(self, name, seed=seed, pinned=pinned)
             session.cache = self.model.new_cache(self.pool, window=self.window)
-            self.sessions[session.id] = session
+            self.sessions.add(session)
             return session
 
     def get_session(self, name_or_id: str) -> Session:
@@ -129,7 +144,7 @@ class Engine:
                 return s
         raise SessionError(
             f"no open session {name_or_id!r}",
-            hint=f"open sessions: {', '.join(sorted(s.name for s in self.sessions.values())) or 'none'}",
+            hint=f"open sessions: {', '.join(self.sessions.names()) or 'none'}",
         )
 
     def open_session(self, name_or_id: str) -> Session:
@@ -144,22 +159,51 @@ class Engine:
                         f"an unsaved session named {name_or_id!r} is open in this engine",
                         hint="close or rename it before opening the saved one",
                     )
-            session = self.persistence.open(name_or_id)
-            self.sessions[session.id] = session
+            info, loaded = self.persistence.load(name_or_id)
+            self._make_room(self.persistence.blocks_to_restore(loaded))
+            r = self.persistence.restore(info, loaded)
+            session = Session(self, r.info.name, seed=r.seed)
+            session.db_id = r.info.id
+            session.cache = r.cache
+            session.tokens = r.token_ids
+            if r.rng_state is not None:
+                session.generator.set_state(r.rng_state)
+            session.last_logits = r.last_logits
+            session.pending_token = r.pending_token
+            session.saved_tokens = len(session.tokens)
+            self.sessions.add(session)
             return session
 
-    def save(self, session: Session) -> Any:
-        """Checkpoint a session (crash-safe file, then the catalog row); returns the row info."""
+    def save(self, session: Session) -> CheckpointInfo:
+        """Checkpoint a session (crash-safe file, then the catalog row); returns the row info.
+
+        The session is copied under the engine lock; the file and the rows are written
+        outside it, so other sessions keep stepping meanwhile.
+        """
         with self._lock:
             if session.active is not None:
                 raise SessionError(f"session {session.name!r} is busy; save it between calls")
             self._require_resident(session)
-            return self.persistence.save(session)
+            snap = self.persistence.snapshot(session)
+        with self._saving:  # holding it, never take the engine lock (close() saves under it)
+            if session.db_id is not None and snap.tokens < session.saved_tokens:
+                newer = self.persistence.store.latest_checkpoint(session.db_id)
+                if newer is not None:  # a later snapshot was written first: keep it newest
+                    return newer
+            row = self.persistence.write(snap, session.db_id)
+            session.db_id = row.session_id
+            session.saved_tokens = max(session.saved_tokens, snap.tokens)
+            session.saved_at = time.monotonic()
+            session.turns_since_save = 0
+        return row
 
-    def _fork(self, parent: Session, name: str | None) -> Session:
+    def fork(self, parent: Session, name: str | None = None) -> Session:
+        """A new session that continues from `parent`'s state (copy-on-write blocks)."""
         with self._lock:
             self._require_resident(parent)
+            assert parent.cache is not None
             child = self.new_session(name, seed=None, pinned=False)
+            assert child.cache is not None
             child.cache.free()
             child.cache = parent.cache.fork()
             child.tokens = list(parent.tokens)
@@ -171,7 +215,11 @@ class Engine:
     def _require_resident(self, session: Session) -> None:
         """Bring a swapped session back or raise BudgetError (and refuse broken sessions)."""
         session.check_usable()
-        if not self.swap.ensure_resident(session):
+        if session.cache is not None:
+            return
+        planner = MemoryPlanner(self.pool, self.sessions, self.swap)
+        room = planner.reserve_session(session, 0)
+        if room is None:
             need = self.swap.blocks_to_restore(session)
             raise BudgetError(
                 f"session {session.name!r} needs {need} free KV blocks to come back into the pool, "
@@ -179,8 +227,23 @@ class Engine:
                 "(the rest are held by pinned or busy sessions)",
                 hint="unpin or close other sessions, or raise kv_budget",
             )
+        self._run_swaps(list(room.swap_out), list(room.swap_in))
 
-    def _close_session(self, session: Session) -> None:
+    def _make_room(self, blocks: int) -> None:
+        """Swap idle sessions out (LRU first) until `blocks` are free, as far as possible."""
+        victims = MemoryPlanner(self.pool, self.sessions, self.swap).victims_for(blocks)
+        self._run_swaps(victims or [], [])  # None: it cannot fit; restoring says so
+
+    def _run_swaps(self, out: list[Session], into: list[Session]) -> None:
+        for s in out:
+            if s.cache is not None:
+                self.swap.swap_out(s)
+        for s in into:
+            if s.cache is None:
+                self.swap.swap_in(s)
+
+    def close_session(self, session: Session) -> None:
+        """Free a session's KV memory and swap state, release its lock; its handle is dead."""
         with self._lock:
             if session.closed:
                 return
@@ -193,7 +256,7 @@ class Engine:
             if session.db_id is not None:
                 self.persistence.unlock(session.db_id)
             session.closed = True
-            self.sessions.pop(session.id, None)
+            self.sessions.discard(session)
 
     def close(self) -> None:
         """Save dirty sessions (if autosave.on_exit), then free every session and the swap files."""
@@ -210,19 +273,14 @@ class Engine:
                                 log.error("could not save session %s on exit: %s", s.name, err)
             finally:
                 for s in list(self.sessions.values()):
-                    self._close_session(s)
+                    self.close_session(s)
                 self.closed = True
-
-    def _maybe_autosave(self, session: Session) -> None:
-        """Save after a finished request when the autosave policy says so (errors are logged)."""
-        if self.autosave is not None:
-            self.persistence.maybe_autosave(session, self.autosave)
 
     def install_signal_handlers(self) -> None:
         """On SIGINT/SIGTERM: save dirty sessions (autosave.on_exit), close, then exit."""
         import signal
 
-        def handler(signum: int, _frame: Any) -> None:
+        def handler(signum: int, _frame: object) -> None:
             log.warning("signal %d: saving sessions before exit", signum)
             self.close()
             raise SystemExit(128 + signum)
@@ -235,20 +293,28 @@ class Engine:
             raise SessionError("the engine is closed")
 
     # -- requests ------------------------------------------------------------------------
-    def _prefill(self, session: Session, ids: list[int]) -> torch.Tensor:
-        vocab = self.model.hf.get_input_embeddings().num_embeddings
+    def prefill(self, session: Session, ids: list[int]) -> torch.Tensor:
+        """Feed token ids into a session (in shared steps); returns the logits [V] after the last."""
+        vocab = self.model.vocab_size
         bad = [t for t in ids if not 0 <= t < vocab]
         if bad:
             raise SessionError(
                 f"token ids {bad[:5]} are outside the model's vocabulary (0..{vocab - 1})"
             )
-        feed = ([session.pending_token] if session.pending_token is not None else []) + ids
-        req = self._submit(session, feed, generate=False)
-        for _ in self._drain(req):
+        with self._lock:
+            self._check_open()
+            lead = session.pending_token
+            feed = ([lead] if lead is not None else []) + ids
+            req = Request(session, feed, generate=False, lead=lead)
+            session.pending_token = None
+            self._enqueue(session, req)
+        for _ in self.stream(req):
             pass
-        return req.payload["logits"]
+        self.run_due_autosave(session)
+        assert req.logits is not None
+        return req.logits
 
-    def _start_generate(self, session: Session, params: SamplingParams) -> Request | None:
+    def start_generate(self, session: Session, params: SamplingParams) -> Request | None:
         """Register a generate request now (it joins the next step); None if nothing to do."""
         with self._lock:
             if params.max_new_tokens == 0:
@@ -256,48 +322,46 @@ class Engine:
             if session.pending_token is None and session.last_logits is None:
                 raise SessionError(f"session {session.name!r} is empty: prefill a prompt first")
             stops = set(params.stop_token_ids)
-            if (
-                not params.ignore_eos
-                and self.tokenizer is not None
-                and self.tokenizer.eos_token_id is not None
-            ):
-                stops.add(int(self.tokenizer.eos_token_id))
+            eos = self.tokenizer.eos_token_id if self.tokenizer is not None else None
+            if not params.ignore_eos and eos is not None:
+                stops.add(int(eos))
             if params.seed is not None:  # a per-call seed makes this generation reproducible
                 session.generator.manual_seed(int(params.seed))
-            req = Request(session, [], generate=True, max_new_tokens=params.max_new_tokens)
-            req.payload.update(params=params, stops=stops, out=collections.deque(), text="")
+            req = Request(
+                session,
+                [],
+                generate=True,
+                max_new_tokens=params.max_new_tokens,
+                params=params,
+                stops=frozenset(stops),
+            )
             if session.pending_token is not None:
                 req.pending = [session.pending_token]
                 session.pending_token = None
                 req.decode_phase = True
             else:
+                assert session.last_logits is not None
                 self._sample_into(req, session.last_logits)
             if not req.finished:
                 self._enqueue(session, req)
             return req
 
-    def _cancel(self, req: Request) -> None:
-        """Stop a request that its caller abandoned (keeps the session consistent)."""
+    def cancel(self, req: Request) -> None:
+        """Stop a request its caller abandoned (keeps the session consistent), then run a due
+        autosave of its session outside the lock."""
         with self._lock:
             if not req.finished:
                 self._finish(req, "cancelled")
-
-    def _submit(self, session: Session, feed: list[int], *, generate: bool) -> Request:
-        with self._lock:
-            req = Request(session, list(feed), generate=generate)
-            req.payload["out"] = collections.deque()
-            req.payload["lead"] = session.pending_token  # fed first; restored if nothing is fed
-            session.pending_token = None
-            self._enqueue(session, req)
-            return req
+        self.run_due_autosave(req.session)
 
     def _enqueue(self, session: Session, req: Request) -> None:
         self._check_open()
         session.active = req
         self.scheduler.add(req)
 
-    def _drain(self, req: Request) -> Iterator[int]:
-        out: collections.deque = req.payload["out"]
+    def stream(self, req: Request) -> Iterator[int]:
+        """Yield a request's tokens as steps produce them, stepping the engine while it waits."""
+        out = req.out
         try:
             while True:
                 while out:
@@ -314,6 +378,19 @@ class Engine:
                 with self._lock:
                     self._finish(req, "cancelled")
 
+    def run_due_autosave(self, session: Session) -> None:
+        """Save a session whose finished request made an autosave due (errors are logged)."""
+        if not session.autosave_due:
+            return
+        session.autosave_due = False
+        try:
+            if not session.closed and session.active is None:
+                self.save(session)
+        except AgentRTError as err:  # reported, never raised through the caller's turn
+            log.error("autosave of session %s failed: %s", session.name, err)
+            session.autosave_error = err
+        session.turns_since_save = 0
+
     def _finish(self, req: Request, reason: str) -> None:
         req.finished = True
         req.finish_reason = reason
@@ -324,26 +401,26 @@ class Engine:
         if req.generate and req.pending:  # sampled but not fed: it leads the next call
             session.pending_token = req.pending[-1]
             req.pending.clear()
-        lead = req.payload.get("lead")
-        if not req.generate and lead is not None and req.payload.get("fed", 0) == 0:
-            session.pending_token = lead  # nothing was fed: the sampled token still leads
-        if reason in ("done", "stop", "length"):
-            self._maybe_autosave(session)
+        if not req.generate and req.lead is not None and req.fed == 0:
+            session.pending_token = req.lead  # nothing was fed: the sampled token still leads
+        if reason in ("done", "stop", "length") and self.autosave is not None:
+            if autosave_due(session, self.autosave):  # saved by the caller, off the step path
+                session.autosave_due = True
 
     # -- the step --------------------------------------------------------------------------
     def step(self) -> dict[str, Any]:
         """Run one engine step over every session with work; returns its telemetry."""
+        from agentrt.dms.serving import StepItem
+
         with self._lock:
             t0 = time.perf_counter()
             self.expire_idle()
-            self._reserved = 0
-            self._protected = set()
-            plan = self.scheduler.schedule(self._reserve)
+            planner = MemoryPlanner(self.pool, self.sessions, self.swap)
+            plan = self.scheduler.schedule(planner.reserve)
             if not plan.items:
                 self._fail_unfittable(plan)
                 return {}
-            from agentrt.dms.serving import StepItem
-
+            self._run_swaps(plan.swap_out, plan.swap_in)
             items = [
                 StepItem(it.request.session.cache, torch.tensor(it.tokens, dtype=torch.long))
                 for it in plan.items
@@ -366,7 +443,7 @@ class Engine:
                 c[key] += len(it.tokens)
                 c["steps"] += 1
                 c["step_seconds"] += seconds
-            return self.telemetry.record_step(plan, seconds, self)
+            return self.telemetry.record_step(plan, seconds, self.pool)
 
     def _break_sessions(self, plan: StepPlan, err: BaseException) -> None:
         """A forward failed part-way: the planned caches are half-advanced and cannot be trusted."""
@@ -388,33 +465,12 @@ class Engine:
         """Swap out sessions idle longer than `idle_ttl` (unpinned, no request); returns how many."""
         if self.idle_ttl is None:
             return 0
-        now = time.monotonic()
-        stale = [
-            s
-            for s in self.sessions.values()
-            if s.cache is not None
-            and not s.pinned
-            and s.active is None
-            and now - s.last_used > self.idle_ttl
-        ]
-        for s in stale:
-            self.swap.swap_out(s)
-        return len(stale)
-
-    def _reserve(self, req: Request, n: int) -> bool:
-        """Make room for n more tokens of req's session, swapping idle sessions out if needed."""
-        session = req.session
-        self._protected.add(session.id)
-        if not self.swap.ensure_resident(
-            session, protected=self._protected, reserved=self._reserved
-        ):
-            return False
-        need = session.cache.blocks_needed(n)
-        while self.pool.num_free - self._reserved < need:
-            if not self.swap.evict_one(self._protected):
-                return False
-        self._reserved += need
-        return True
+        with self._lock:
+            now = time.monotonic()
+            stale = [s for s in self.sessions.evictable(set()) if now - s.last_used > self.idle_ttl]
+            for s in stale:
+                self.swap.swap_out(s)
+            return len(stale)
 
     def _fail_unfittable(self, plan: StepPlan) -> None:
         """Nothing could run: the first deferred request cannot fit even alone."""
@@ -434,9 +490,8 @@ class Engine:
             f"({self.pool.num_free} free, the rest held by pinned or busy sessions)",
             hint="raise kv_budget, lower the prefill chunk, unpin sessions or close some"
             + (
-                f"; {req.payload.get('fed', 0)} tokens of this call were already fed and stay "
-                "in the session"
-                if req.payload.get("fed")
+                f"; {req.fed} tokens of this call were already fed and stay in the session"
+                if req.fed
                 else ""
             ),
         )
@@ -446,14 +501,14 @@ class Engine:
         for item, out in zip(plan.items, logits, strict=True):
             req, session = item.request, item.request.session
             session.tokens.extend(item.tokens)  # the cache has them, whatever happens next
-            req.payload["fed"] = req.payload.get("fed", 0) + len(item.tokens)
+            req.fed += len(item.tokens)
             session.last_logits = out.float().cpu()
             session.last_used = time.monotonic()
             if not item.completes_feed:
                 continue
             try:
                 if not req.generate:
-                    req.payload["logits"] = session.last_logits
+                    req.logits = session.last_logits
                     self._finish(req, "done")
                 else:
                     self._sample_into(req, session.last_logits)
@@ -464,14 +519,15 @@ class Engine:
 
     def _sample_into(self, req: Request, logits: torch.Tensor) -> None:
         """Sample the next token of a generate request and decide whether to stop."""
-        session, params = req.session, req.payload["params"]
+        session, params = req.session, req.params
+        assert params is not None, "only generate requests sample"
         history = session.tokens + req.generated if params.repetition_penalty != 1.0 else []
         token = sample_token(logits, params, session.generator, history)
         req.generated.append(token)
-        req.payload["out"].append(token)
+        req.out.append(token)
         req.pending = [token]
         req.decode_phase = True
-        if token in req.payload["stops"]:
+        if token in req.stops:
             self._finish(req, "stop")
         elif len(req.generated) >= req.max_new_tokens:
             self._finish(req, "length")
@@ -481,7 +537,8 @@ class Engine:
                 self._finish(req, "stop")
 
     # -- reporting -------------------------------------------------------------------------
-    def _session_stats(self, session: Session) -> dict[str, Any]:
+    def session_stats(self, session: Session) -> dict[str, Any]:
+        """One session's numbers: tokens, slots, bytes, compression, residency, throughput."""
         with self._lock:
             c = session.counters
             base = {

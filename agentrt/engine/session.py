@@ -6,17 +6,19 @@ import asyncio
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from agentrt.errors import ConfigError, SessionError
-from agentrt.sampling import SamplingParams, new_generator
+from agentrt.engine.sampling import SamplingParams, new_generator
+from agentrt.errors import AgentRTError, ConfigError, SessionError
 
 if TYPE_CHECKING:
     from agentrt.dms.session_cache import SessionCache
-    from agentrt.engine import Engine
+    from agentrt.engine.engine import Engine
+    from agentrt.engine.request import Request
+    from agentrt.engine.swap import SwapRecord
 
 
 def _sampling_params(
@@ -42,11 +44,13 @@ class TokenStream:
     session for its next caller.
     """
 
-    def __init__(self, engine: Engine, request: Any, release: Any) -> None:
+    def __init__(
+        self, engine: Engine, request: Request | None, release: Callable[[], None]
+    ) -> None:
         self._engine = engine
         self._request = request
         self._release = release
-        self._it = engine._drain(request) if request is not None else iter(())
+        self._it = engine.stream(request) if request is not None else iter(())
         self._open = True
 
     def __iter__(self) -> TokenStream:
@@ -65,7 +69,7 @@ class TokenStream:
             return
         self._open = False
         if self._request is not None:
-            self._engine._cancel(self._request)
+            self._engine.cancel(self._request)
         self._release()
 
     def __enter__(self) -> TokenStream:
@@ -85,6 +89,8 @@ class Session:
     """A long-lived conversation whose KV cache lives in the engine's pool (or swapped out).
 
     Single-writer: a second concurrent prefill/generate on the same session raises SessionError.
+    A thin handle: every method calls a public `Engine` method; the engine alone writes the
+    state fields below.
     """
 
     def __init__(
@@ -94,24 +100,23 @@ class Session:
         self.id = uuid.uuid4().hex
         self.name = name
         self.cache: SessionCache | None = None  # None while swapped out
-        self.swapped: Any = None  # the swap manager's record while swapped out
+        self.swapped: SwapRecord | None = None  # the swap manager's record while swapped out
         self.tokens: list[int] = []  # token ids fed to the model so far
         self.pending_token: int | None = None  # sampled last, not fed yet (fed with the next call)
-        self.last_logits: torch.Tensor | None = (
-            None  # [V] fp32 CPU, logits after the last fed token
-        )
+        self.last_logits: torch.Tensor | None = None  # [V] fp32 CPU, after the last fed token
         self.seed = seed
         self.generator = new_generator(seed)
         self.pinned = pinned
         self.last_used = time.monotonic()
         self.closed = False
-        self.active: Any = None  # the running Request, if any
+        self.active: Request | None = None  # the running request, if any
         self.db_id: str | None = None  # catalog id once saved or opened from a checkpoint
         self.saved_tokens = 0  # tokens covered by the last checkpoint
         self.saved_at = time.monotonic()
         self.turns_since_save = 0
-        self.error: Exception | None = None  # set when a failed step left the cache unusable
-        self.autosave_error: Exception | None = None  # the last autosave failure, if any
+        self.error: AgentRTError | None = None  # set when a failed step left the cache unusable
+        self.autosave_error: AgentRTError | None = None  # the last autosave failure, if any
+        self.autosave_due = False  # a finished request made a save due (run off the step path)
         # telemetry: tokens this session fed, and the time of the steps it took part in
         self.counters = {"prefill_tokens": 0, "decode_tokens": 0, "steps": 0, "step_seconds": 0.0}
         self._guard = threading.Lock()
@@ -155,7 +160,7 @@ class Session:
             raise SessionError("prefill needs at least one token")
         self._acquire()
         try:
-            return self.engine._prefill(self, ids)
+            return self.engine.prefill(self, ids)
         finally:
             self._release()
 
@@ -173,7 +178,7 @@ class Session:
         params = _sampling_params(max_new_tokens, params, sampling)
         self._acquire()
         try:
-            req = self.engine._start_generate(self, params)
+            req = self.engine.start_generate(self, params)
         except BaseException:
             self._release()
             raise
@@ -187,7 +192,7 @@ class Session:
         **sampling: Any,
     ) -> Iterator[str]:
         """Like generate, but yields text deltas (never half a UTF-8 character)."""
-        from agentrt.detokenize import IncrementalDetokenizer
+        from agentrt.engine.detokenize import IncrementalDetokenizer
 
         tok = self.engine.tokenizer
         if tok is None:
@@ -222,7 +227,7 @@ class Session:
 
     def stats(self) -> dict[str, Any]:
         """Tokens, slots, KV bytes, compression ratio (overall, per layer, per head), residency."""
-        return self.engine._session_stats(self)
+        return self.engine.session_stats(self)
 
     def pin(self) -> None:
         """Never swap this session out."""
@@ -234,8 +239,8 @@ class Session:
 
     def fork(self, name: str | None = None) -> Session:
         """A new session that continues from this one's state (copy-on-write blocks)."""
-        return self.engine._fork(self, name)
+        return self.engine.fork(self, name)
 
     def close(self) -> None:
         """Free this session's KV memory; the handle becomes unusable."""
-        self.engine._close_session(self)
+        self.engine.close_session(self)
