@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -10,22 +9,12 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, OperationalError
 
 from agentrt.errors import DatabaseError, SessionError
+from agentrt.sessions.redact import redact_url, scrub
 
 UPGRADE_COMMAND = "agentrt db upgrade"
 
-_PASSWORD_IN_URL = re.compile(r"(://[^:/@\s]*:)[^@\s]*@")
 _BUSY_MARKERS = ("database is locked", "database table is locked", "could not obtain lock")
 _MISSING_TABLE_MARKERS = ("no such table", "undefinedtable")
-
-
-def redact_url(url: str | URL) -> str:
-    """The URL with its password replaced by `***`, safe to print or log."""
-    if isinstance(url, URL):
-        return url.render_as_string(hide_password=True)
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except (ArgumentError, ValueError):
-        return _PASSWORD_IN_URL.sub(r"\1***@", url)
 
 
 def parse_url(url: str | URL) -> URL:
@@ -39,19 +28,6 @@ def parse_url(url: str | URL) -> URL:
             f"cannot parse the database URL {redact_url(url)!r}",
             hint="use sqlite:///PATH or a SQLAlchemy URL such as postgresql+psycopg://USER@HOST/DB",
         ) from exc
-
-
-def scrub(text: str, url: str | URL | None) -> str:
-    """`text` with the URL's password (if any) replaced by `***`."""
-    if url is None:
-        return text
-    try:
-        password = (url if isinstance(url, URL) else make_url(url)).password
-    except (ArgumentError, ValueError):
-        return _PASSWORD_IN_URL.sub(r"\1***@", text)
-    if password:
-        text = text.replace(str(password), "***")
-    return text
 
 
 def driver_message(exc: DBAPIError) -> str:
