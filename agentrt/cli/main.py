@@ -96,6 +96,9 @@ def _register() -> None:
     from agentrt.cli import eval as eval_command
 
     cli.add_command(eval_command.eval_cmd)
+    from agentrt.cli import run
+
+    cli.add_command(run.run_cmd)
 
 
 _register()
