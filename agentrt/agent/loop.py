@@ -10,6 +10,7 @@ swappable function (`Decoder`), so a transcript can be replayed through a real s
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -140,6 +141,7 @@ class Agent:
         session: Any,
         *,
         tools: ToolRegistry | None = None,
+        tool_choice: str = "auto",
         system: str | None = None,
         sampling: SamplingParams | None = None,
         limits: Limits | None = None,
@@ -165,6 +167,14 @@ class Agent:
         self.callbacks = callbacks or AgentCallbacks()
         self.decoder = decoder or generate_decoder
         self.new_session = new_session
+        if tool_choice not in ("auto", "required") and (
+            self.registry is None or tool_choice not in self.registry
+        ):
+            raise ConfigError(
+                f"tool_choice={tool_choice!r} is not auto, required or an enabled tool",
+                hint=f"enabled tools: {', '.join(self.registry.names()) if self.registry else 'none'}",
+            )
+        self.tool_choice = tool_choice
         self.stop_event = threading.Event()
         self.render_counts = {"full": 0, "diff": 0, "explicit": 0}
         model_eos = getattr(
@@ -234,11 +244,17 @@ class Agent:
             if not self._feed(new, res, carry):
                 break
             carry.extend(new)
+            if self._out_of_budget(res, t0):
+                self._open_empty_turn()
+                break
             if self.stop_event.is_set():
                 self._open_empty_turn()
                 res.finish_reason, res.message = "interrupted", "interrupted before the reply"
                 break
-            text, finish = self._reply(res, self.limits.max_new_tokens)
+            first = res.steps == 0
+            text, finish = self._reply(
+                res, self.limits.max_new_tokens, prefix=self._call_prefix() if first else ""
+            )
             res.steps += 1
             carry.append(self.messages[-1])
             if finish in ("interrupted", "context_limit"):
@@ -327,9 +343,39 @@ class Agent:
         self.messages.append({"role": "assistant", "content": ""})
         self.fed_messages = len(self.messages)
 
-    def _reply(self, res: AgentResult, max_new: int, *, tools: bool = True) -> tuple[str, str]:
-        """Generate one assistant turn; returns its text and how it ended."""
+    def _call_prefix(self) -> str:
+        """The start of a tool call the first turn must begin with (tool_choice), else ""."""
+        if self.registry is None or self.tool_choice == "auto":
+            return ""
+        listed = self.chat.tools_in_system  # SmolLM2's `[...]` list, else Hermes' object
+        head = "<tool_call>[" if listed else "<tool_call>\n"
+        if self.tool_choice == "required":
+            return head + '{"name": "'
+        tool = self.registry.get(self.tool_choice)
+        head += '{"name": ' + json.dumps(tool.name) + ', "arguments": {'
+        required = tool.parameters["required"]
+        if not required:
+            return head
+        prop = tool.parameters["properties"][required[0]]
+        return head + json.dumps(required[0]) + ": " + ('"' if prop["type"] == "string" else "")
+
+    def _reply(
+        self, res: AgentResult, max_new: int, *, tools: bool = True, prefix: str = ""
+    ) -> tuple[str, str]:
+        """Generate one assistant turn (after a forced `prefix`); returns its text and end."""
         from agentrt.detokenize import IncrementalDetokenizer
+
+        if prefix:
+            forced = self.chat.encode(prefix)
+            room = (self.max_positions or 0) - self.position
+            if self.max_positions is None or len(forced) < room:
+                self._check_cache()
+                self.session.prefill(forced)
+                self.ids.extend(forced)
+                res.prefilled_tokens += len(forced)
+                self.callbacks.on_token(prefix)
+            else:
+                prefix = ""
 
         room = self.max_positions - self.position if self.max_positions else max_new
         left = (
@@ -374,7 +420,7 @@ class Agent:
             self.callbacks.on_token(rest)
         self.ids.extend(generated)
         res.generated_tokens += len(generated)
-        text = self.chat.reply_text(generated, self.stops)
+        text = prefix + self.chat.reply_text(generated, self.stops)
         self.messages.append({"role": "assistant", "content": text})
         self.fed_messages = len(self.messages)
         self._check_cache()

@@ -153,6 +153,7 @@ class TaskRunner:
         return Agent(
             session,
             tools=self.spec.tools.registry() if self.spec.tools.enabled else None,
+            tool_choice=self.spec.tools.choice if self.spec.tools.enabled else "auto",
             system=self.spec.system,
             sampling=self.spec.sampling,
             limits=self.spec.limits,

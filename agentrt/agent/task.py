@@ -54,6 +54,7 @@ class ToolsSpec:
     workspace: Path = Path(".")
     allow_write: bool = False
     allow_python: bool = False
+    choice: str = "auto"  # auto, required, or a tool name the first turn must call
     user_tools: tuple[Any, ...] = ()  # agentrt.tools.Tool objects from `modules`
 
     def registry(self) -> Any:
@@ -251,8 +252,14 @@ def _tools(loc: Located, base: Path, problems: list[str]) -> ToolsSpec:
             problems.append(
                 loc.problem(path, f"tool {name!r} needs `tools.{PERMISSION_KEYS[name]}: true`")
             )
+    choice = opts.get("choice", "auto")
+    if choice not in ("auto", "required") and choice not in enabled:
+        problems.append(
+            loc.problem(("tools", "choice"), f"{choice!r} is not auto, required or an enabled tool")
+        )
     return ToolsSpec(
         enabled=enabled,
+        choice=choice,
         workspace=workspace,
         allow_write=opts.get("allow_write", False),
         allow_python=opts.get("allow_python", False),

@@ -229,3 +229,25 @@ def test_context_limit_rolls_over_to_a_summary_session(tmp_path):
     assert agent.session.name.startswith("long-cont")
     assert "Summary of the conversation so far" in agent.messages[0]["content"]
     assert max(agent.position, *(s.position for s in eng.sessions.values())) <= 700
+
+
+@pytest.mark.parametrize("template", ["smollm2", "hermes"])
+def test_tool_choice_starts_the_first_turn_with_the_call(tmp_path, template):
+    """tool_choice=NAME: the first turn begins with that tool's call (fed, not sampled)."""
+    model = chat_model(template)
+    eng = _engine(tmp_path, model)
+    agent = Agent(
+        eng.new_session(),
+        tools=_tools(tmp_path),
+        tool_choice="read_file",
+        sampling=SamplingParams(max_new_tokens=4),
+        limits=Limits(max_new_tokens=4, max_steps=2),
+    )
+    res = agent.ask("What is in notes.txt?")
+    first = next(m for m in agent.messages if m["role"] == "assistant")["content"]
+    opening = "<tool_call>[" if template == "smollm2" else "<tool_call>\n"
+    assert first.startswith(opening + '{"name": "read_file", "arguments": {"path": "')
+    assert res.tool_calls  # parsed (valid or not) and answered
+    agent._check_cache()
+    with pytest.raises(Exception, match="tool_choice"):
+        Agent(eng.new_session(), tools=_tools(tmp_path), tool_choice="python_eval")
