@@ -3,10 +3,9 @@
 The conversation lives in the cache, so each new message is rendered as the *delta* after
 what the cache already holds, never as a re-render of the history:
 
-1. render the messages so far (no generation prompt) and the messages with the new ones
-   (generation prompt): when the first is a prefix of the second and the cache's text is a
-   prefix of the first, the new text is the difference (this also closes an assistant turn
-   that stopped without its end-of-turn token);
+1. render the conversation with the new messages (generation prompt): when the text the
+   cache holds is a prefix of it, the new text is the difference (this also closes an
+   assistant turn that stopped without its end-of-turn token);
 2. otherwise the template rewrites earlier turns (strips reasoning, trims content) or the
    cache's text differs from the rendering: the delta is rendered explicitly — the
    template's end-of-turn text closes the open assistant turn, and the new messages are
@@ -160,9 +159,8 @@ class ChatFormat:
         The generation prompt is always added: after new messages the model answers.
         """
         cached = self.decode(cached_ids)
-        prev = self.render(messages, add_generation_prompt=False)
         full = self.render(messages + new, add_generation_prompt=True)
-        if full.startswith(prev) and prev.startswith(cached):
+        if full.startswith(cached):  # also when the cache ran into the next block (plain)
             text = full[len(cached) :]
             return Delta(text, self.encode(text), "diff")
         text = self._closing(cached_ids, messages) + self._isolated(messages, new)

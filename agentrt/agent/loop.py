@@ -142,6 +142,7 @@ class Agent:
         *,
         tools: ToolRegistry | None = None,
         tool_choice: str = "auto",
+        stop_at_call_end: bool = True,
         system: str | None = None,
         sampling: SamplingParams | None = None,
         limits: Limits | None = None,
@@ -175,6 +176,7 @@ class Agent:
                 hint=f"enabled tools: {', '.join(self.registry.names()) if self.registry else 'none'}",
             )
         self.tool_choice = tool_choice
+        self.stop_at_call_end = stop_at_call_end  # end a turn at `</tool_call>`
         self.stop_event = threading.Event()
         self.render_counts = {"full": 0, "diff": 0, "explicit": 0}
         model_eos = getattr(
@@ -389,7 +391,7 @@ class Agent:
             res.message = self._limit_message(1)
             return "", "context_limit"
         strings = tuple(self.sampling.stop_strings) + self.chat.stop_strings()
-        if tools and self.registry is not None:
+        if tools and self.registry is not None and self.stop_at_call_end:
             strings += (TOOL_CALL_END,)
         params = dataclasses.replace(
             self.sampling,
