@@ -75,7 +75,7 @@ def _from_tag(body: str) -> list[ParsedCall]:
         obj = json.loads(body)
     except json.JSONDecodeError:
         return [_from_json(body, keys)]
-    if isinstance(obj, list):  # `[]` means "no call"
+    if isinstance(obj, list) and all(isinstance(item, dict) for item in obj):  # `[]`: no call
         return [_from_object(item, json.dumps(item), keys) for item in obj]
     return [_from_object(obj, body, keys)]
 
