@@ -36,70 +36,59 @@ def model_dir(tmp_path_factory) -> Path:
     return save_chat_model(tmp_path_factory.mktemp("m") / "tiny", "smollm2")
 
 
-def _sets(model_dir: Path, out: Path, *extra: str) -> list[str]:
+def _sets(model_dir: Path | str, out: Path, *extra: str) -> list[str]:
     args = ["--set", f"model={model_dir}", "--set", f"output={out}", "--device", "cpu"]
     for item in extra:
         args += ["--set", item]
     return args
 
 
-def test_quickstart_runs_records_and_resumes_in_a_new_process(model_dir, tmp_path, agentrt_home):
-    """The quickstart file: exit 0, JSONL with the fields, the session in the catalog, and a
-    second process continues that session from its checkpoint."""
+def test_quickstart_runs_records_and_resumes_in_a_new_process(model_dir, tmp_path):
+    """The quickstart file on a tiny model: exit 0, JSONL with the fields, the session in the
+    catalog, and a second process continues that session from its checkpoint."""
+    _quickstart_then_resume(model_dir, tmp_path, "generation.max_new_tokens=12")
+
+
+def _quickstart_then_resume(model: Path | str, tmp_path: Path, *sets: str) -> dict:
     out = tmp_path / "out.jsonl"
     runner = CliRunner()
-    result = runner.invoke(
-        cli, ["run", str(QUICKSTART), *_sets(model_dir, out, "generation.max_new_tokens=12")]
-    )
+    result = runner.invoke(cli, ["run", str(QUICKSTART), *_sets(model, out, *sets)])
     assert result.exit_code == 0, result.output
     (record,) = [json.loads(line) for line in out.read_text().splitlines()]
     assert FIELDS <= set(record) and record["id"] == "airlock-code" and record["status"] == "done"
     assert record["tool_calls"] and record["tool_calls"][0]["name"] in ("search_text", None)
-    assert (
-        record["tokens"]["session"] == record["tokens"]["prefilled"] + record["tokens"]["generated"]
-    )
+    tokens = record["tokens"]
+    assert tokens["session"] == tokens["prefilled"] + tokens["generated"]
     assert record["kv_bytes"] > 0 and record["compression_ratio"] >= 1.0
     listing = runner.invoke(cli, ["sessions", "ls"])
     assert "quickstart" in listing.output, listing.output
     store = open_store()
-    (run,) = [r for r in [store.runs.get_run(_run_id(result.output))]]
+    run = store.runs.get_run(_run_id(result.output))
     assert run.status == "done" and [i.status for i in store.runs.run_items(run.id)] == ["done"]
     store.close()
 
     # a second process continues the saved session with a new input
+    docs = ROOT / "examples" / "docs"
     task = tmp_path / "more.yaml"
     task.write_text(
         QUICKSTART.read_text()
-        .replace("docs/", str(ROOT / "examples" / "docs") + "/")
-        .replace("workspace: docs", f"workspace: {ROOT / 'examples' / 'docs'}")
+        .replace("path: docs/", f"path: {docs}/")
+        .replace("workspace: docs", f"workspace: {docs}")
         .replace("id: airlock-code", "id: follow-up")
         .replace("  name: quickstart\n", "  name: quickstart\n  resume: true\n")
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "from agentrt.cli import main; main()",
-            "run",
-            str(task),
-            *_sets(model_dir, tmp_path / "more.jsonl", "generation.max_new_tokens=12"),
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=tmp_path,
-        timeout=600,
-    )
+        [sys.executable, "-c", "from agentrt.cli import main; main()", "run", str(task),
+         *_sets(model, tmp_path / "more.jsonl", *sets)],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=1800,
+    )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     (second,) = read_records(tmp_path / "more.jsonl").values()
     assert second["session"] == "quickstart"
-    assert (
-        second["tokens"]["session"]
-        == record["tokens"]["session"]
-        + second["tokens"]["prefilled"]
-        + second["tokens"]["generated"]
-    )
+    grown = second["tokens"]["prefilled"] + second["tokens"]["generated"]
+    assert second["tokens"]["session"] == tokens["session"] + grown
+    return record
 
 
 def _run_id(output: str) -> str:
@@ -192,22 +181,7 @@ DEFAULT_MODEL = os.environ.get("AGENTRT_MODEL")  # read at collection, before th
     reason="needs the default model (AGENTRT_MODEL)",
 )
 def test_quickstart_on_the_default_model(tmp_path):
-    """The quickstart on the real default model: exit 0, the JSONL record, a tool call was made."""
-    out = tmp_path / "q.jsonl"
-    result = CliRunner().invoke(
-        cli,
-        [
-            "run",
-            str(QUICKSTART),
-            "--set",
-            f"output={out}",
-            "--set",
-            f"model={DEFAULT_MODEL}",
-            "--device",
-            "cpu",
-        ],
-    )
-    assert result.exit_code == 0, result.output
-    (record,) = read_records(out).values()
-    assert FIELDS <= set(record) and record["tool_calls"]
+    """The quickstart on the real default model: it calls search_text and answers; the session
+    resumes in a second process and continues."""
+    record = _quickstart_then_resume(DEFAULT_MODEL, tmp_path)
     assert record["tool_calls"][0]["name"] == "search_text"
