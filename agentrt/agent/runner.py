@@ -161,10 +161,17 @@ class TaskRunner:
             callbacks=self.callbacks,
             decoder=self.decoder,
             messages=messages,
-            new_session=lambda old: self.engine.new_session(
-                self._free_name(f"{old.name.rsplit('-cont', 1)[0]}-cont"),
-                seed=self.spec.sampling.seed,
-            ),
+            new_session=self._roll_over,
+        )
+
+    def _roll_over(self, old: Any) -> Any:
+        """The context is full: checkpoint and close the old session, open its successor."""
+        if self.agent is not None and self.agent.session is old:
+            self.checkpoint(self.agent)
+        old.close()
+        base = old.name.rsplit("-cont", 1)[0]
+        return self.engine.new_session(
+            self._free_name(f"{base}-cont"), seed=self.spec.sampling.seed
         )
 
     def _open_agent(self, name: str) -> Agent:

@@ -251,3 +251,17 @@ def test_tool_choice_starts_the_first_turn_with_the_call(tmp_path, template):
     agent._check_cache()
     with pytest.raises(Exception, match="tool_choice"):
         Agent(eng.new_session(), tools=_tools(tmp_path), tool_choice="python_eval")
+
+
+def test_the_engine_never_runs_past_the_trained_positions(tmp_path):
+    """Prefill past max_position_embeddings is refused; generation stops at the last position."""
+    eng = _engine(tmp_path, chat_model("smollm2", max_positions=64))
+    s = eng.new_session()
+    with pytest.raises(SessionError, match="64 positions"):
+        s.prefill(list(range(3, 68)))  # 65 tokens
+    assert s.position == 0 and s.max_positions == 64
+    s.prefill(list(range(3, 63)))  # 60 tokens
+    out = list(s.generate(10, ignore_eos=True))
+    assert len(out) == 4 and s.position == 64
+    with pytest.raises(SessionError, match="max_position_embeddings"):
+        list(s.generate(1))

@@ -185,3 +185,27 @@ def test_quickstart_on_the_default_model(tmp_path):
     resumes in a second process and continues."""
     record = _quickstart_then_resume(DEFAULT_MODEL, tmp_path)
     assert record["tool_calls"][0]["name"] == "search_text"
+
+
+def test_a_shared_run_rolls_over_near_the_context_limit(tmp_path):
+    """on_context_limit: summarize — the run goes on in a `-cont` session seeded with a summary;
+    the old session is checkpointed and closed."""
+    model = save_chat_model(tmp_path / "short", "smollm2", max_positions=700)
+    inputs = "".join(
+        f"  - {{id: q{i}, prompt: Tell me more about the quick brown fox}}\n" for i in range(12)
+    )
+    task = tmp_path / "long.yaml"
+    task.write_text(
+        f"model: {model}\ndevice: cpu\ninputs:\n{inputs}generation: {{max_new_tokens: 8}}\n"
+        "session: {name: long, on_context_limit: summarize, summary_tokens: 8}\noutput: o.jsonl\n"
+    )
+    result = CliRunner().invoke(cli, ["run", str(task)])
+    assert result.exit_code == 0, result.output
+    records = list(read_records(tmp_path / "o.jsonl").values())
+    assert all(r["status"] == "done" for r in records) and sum(r["rollovers"] for r in records) >= 1
+    assert records[-1]["session"].startswith("long-cont")
+    store = open_store()
+    first = store.messages(records[-1]["session"])[0]
+    assert first.role == "system" and "Summary of the conversation so far" in first.content
+    assert store.messages("long")[-1].role == "assistant"  # the summary, checkpointed
+    store.close()
