@@ -228,14 +228,13 @@ class Agent:
             )
 
     def stop(self) -> None:
-        """Ask the running `ask` to stop at the next token (thread-safe; Ctrl-C handlers call it)."""
+        """Stop the running (or the next) `ask` at its next token (thread-safe; for Ctrl-C)."""
         self.stop_event.set()
 
     # -- the loop ----------------------------------------------------------------------
     def ask(self, prompt: str) -> AgentResult:
         """Run one user input to the final answer (or a limit); the conversation continues after."""
         t0 = time.monotonic()
-        self.stop_event.clear()
         res = AgentResult()
         user: Message = {"role": "user", "content": prompt}
         new: list[Message] = [user]
@@ -275,6 +274,8 @@ class Agent:
                 break
             new = self._run_calls(calls, res, last_round=res.steps + 1 >= self.limits.max_steps)
         res.seconds = time.monotonic() - t0
+        if res.finish_reason == "interrupted":
+            self.stop_event.clear()  # the stop is spent; the next ask runs normally
         return res
 
     def _out_of_budget(self, res: AgentResult, t0: float) -> bool:

@@ -209,3 +209,38 @@ def test_a_shared_run_rolls_over_near_the_context_limit(tmp_path):
     assert first.role == "system" and "Summary of the conversation so far" in first.content
     assert store.messages("long")[-1].role == "assistant"  # the summary, checkpointed
     store.close()
+
+
+def test_ctrl_c_checkpoints_and_records_the_run_as_cancelled(model_dir, tmp_path):
+    """SIGINT to `agentrt run`: exit 130, the session checkpointed, the run cancelled."""
+    import signal
+    import time
+
+    inputs = "".join(f"  - {{id: q{i}, prompt: Question {i}}}\n" for i in range(40))
+    task = tmp_path / "many.yaml"
+    task.write_text(
+        f"model: {model_dir}\ndevice: cpu\ninputs:\n{inputs}generation: {{max_new_tokens: 48}}\n"
+        "session: {name: many, checkpoint_every: 5}\noutput: o.jsonl\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", "from agentrt.cli import main; main()", "-q", "run", str(task)],
+        env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    out = tmp_path / "o.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and not (out.is_file() and out.read_text().count("\n") >= 1):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr
+    assert "continue with --resume" in stderr
+    records = list(read_records(out).values())
+    assert len(records) < 40  # stopped mid-input ("interrupted") or between two ("done")
+    assert records[-1]["status"] in ("interrupted", "done")
+    assert all(r["status"] == "done" for r in records[:-1])
+    store = open_store()
+    (run,) = [r for r in [store.runs.get_run(_run_id(stderr))]]
+    assert run.status == "cancelled"
+    assert store.get_session("many").tokens > 0  # checkpointed at the interruption
+    store.close()
