@@ -43,6 +43,11 @@ def _from_json(body: str, args_keys: tuple[str, ...]) -> ParsedCall:
         obj = json.loads(body)
     except json.JSONDecodeError as exc:
         return ToolCallError(f"tool call is not valid JSON: {exc.msg} at position {exc.pos}", body)
+    return _from_object(obj, body, args_keys)
+
+
+def _from_object(obj: Any, body: str, args_keys: tuple[str, ...]) -> ParsedCall:
+    """A ToolCall from one decoded JSON value, or a ToolCallError saying why not."""
     if not isinstance(obj, dict):
         return ToolCallError("tool call must be a JSON object with 'name' and arguments", body)
     name = obj.get("name")
@@ -63,11 +68,22 @@ def _from_json(body: str, args_keys: tuple[str, ...]) -> ParsedCall:
     return ToolCall(name, arguments, body)
 
 
+def _from_tag(body: str) -> list[ParsedCall]:
+    """The calls of one tag body: a JSON object, or a JSON list of them (SmolLM2's format)."""
+    keys = ("arguments", "parameters")
+    try:
+        obj = json.loads(body)
+    except json.JSONDecodeError:
+        return [_from_json(body, keys)]
+    if isinstance(obj, list) and all(isinstance(item, dict) for item in obj):  # `[]`: no call
+        return [_from_object(item, json.dumps(item), keys) for item in obj]
+    return [_from_object(obj, body, keys)]
+
+
 def parse_hermes(text: str) -> list[ParsedCall]:
-    """Every `<tool_call>{json}</tool_call>` in `text` (an unclosed last tag runs to the end)."""
-    return [
-        _from_json(m.group(1).strip(), ("arguments", "parameters")) for m in _HERMES.finditer(text)
-    ]
+    """Every call in `<tool_call>{json}</tool_call>` tags of `text` (a tag may hold a JSON list;
+    an unclosed last tag runs to the end)."""
+    return [call for m in _HERMES.finditer(text) for call in _from_tag(m.group(1).strip())]
 
 
 def parse_llama(text: str) -> list[ParsedCall]:

@@ -100,6 +100,9 @@ def _register() -> None:
     from agentrt.cli import models
 
     cli.add_command(models.models)
+    from agentrt.cli import run
+
+    cli.add_command(run.run_cmd)
 
 
 _register()

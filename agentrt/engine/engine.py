@@ -301,6 +301,13 @@ class Engine:
             raise SessionError(
                 f"token ids {bad[:5]} are outside the model's vocabulary (0..{vocab - 1})"
             )
+        limit = session.max_positions
+        if limit is not None and session.position + len(ids) > limit:
+            raise SessionError(
+                f"session {session.name!r} holds {session.position} of the model's {limit} "
+                f"positions (max_position_embeddings); {len(ids)} more tokens do not fit",
+                hint="start a new session, or continue from a summary of this one",
+            )
         with self._lock:
             self._check_open()
             lead = session.pending_token
@@ -327,11 +334,20 @@ class Engine:
                 stops.add(int(eos))
             if params.seed is not None:  # a per-call seed makes this generation reproducible
                 session.generator.manual_seed(int(params.seed))
+            room = params.max_new_tokens
+            if session.max_positions is not None:  # never past the trained positions
+                room = min(room, session.max_positions - session.position)
+                if room <= 0:
+                    raise SessionError(
+                        f"session {session.name!r} holds all {session.max_positions} positions "
+                        "of the model (max_position_embeddings); nothing more can be generated",
+                        hint="start a new session, or continue from a summary of this one",
+                    )
             req = Request(
                 session,
                 [],
                 generate=True,
-                max_new_tokens=params.max_new_tokens,
+                max_new_tokens=room,
                 params=params,
                 stops=frozenset(stops),
             )

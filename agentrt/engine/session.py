@@ -126,6 +126,16 @@ class Session:
         return f"Session(name={self.name!r}, tokens={len(self.tokens)}, {where})"
 
     @property
+    def position(self) -> int:
+        """Positions the conversation occupies: tokens fed plus the sampled token not fed yet."""
+        return len(self.tokens) + (self.pending_token is not None)
+
+    @property
+    def max_positions(self) -> int | None:
+        """The model's trained positions (max_position_embeddings); None when it states none."""
+        return self.engine.model.arch.max_positions or None
+
+    @property
     def dirty(self) -> bool:
         """True when tokens were fed since the last checkpoint."""
         return len(self.tokens) != self.saved_tokens

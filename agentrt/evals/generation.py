@@ -1,40 +1,37 @@
-"""Serving eval conversations on the paged cache: batched chunked prefill, greedy decode, tool turns."""
+"""Serving eval items through the agent loop: one Engine per batch, one session + Agent per item.
+
+Items of a batch run in threads; the engine packs their prefill chunks and decode tokens
+into shared ragged steps (continuous batching). Decoding is greedy; agent items run their
+tool calls through `agentrt.tools` and continue, up to `max_turns` assistant turns.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-import torch
-
-from agentrt.dms.serving import StepItem
 from agentrt.errors import ConfigError
-from agentrt.evals.render import delta_ids, render_ids, stop_strings, stop_token_ids
-from agentrt.evals.tasks.agent_tools import parse_tool_calls, run_tool
-from agentrt.evals.tasks.base import Item, Message
+from agentrt.evals.tasks.agent_tools import MAX_RESULT_CHARS, registry
+from agentrt.evals.tasks.base import Item
 
 MAX_TOOL_DELTA = 1024  # tokens a tool turn may add (tool results are capped at 800 chars)
+BLOCK_SIZE = 16
 
 
 @dataclass(eq=False, repr=False)
 class Conversation:
-    """One item being served: its cache, the chat so far and the reply being generated."""
+    """One served item: its assistant replies, the cache stats at the end, and any error."""
 
     item: Item
-    cache: Any  # SessionCache
-    messages: list[Message]
-    pending: list[int]  # ids still to prefill (a prompt, a tool turn, or the last sampled token)
-    fed: list[int] = field(default_factory=list)  # ids in the cache, in order
-    reply: list[int] = field(default_factory=list)  # ids sampled in the current turn
-    replies: list[str] = field(default_factory=list)  # finished assistant turns
-    done: bool = False
+    replies: list[str] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
-    stats: dict[str, Any] = field(default_factory=dict)  # cache.stats() at the end
 
     def __repr__(self) -> str:
         """Counts only (conversations carry prompt text)."""
-        return f"Conversation({self.item.id!r}, fed={len(self.fed)}, turns={len(self.replies)})"
+        return f"Conversation({self.item.id!r}, turns={len(self.replies)})"
 
 
 @dataclass(frozen=True)
@@ -59,100 +56,78 @@ def conversation_bound(prompt_tokens: int, item: Item, gen: GenerationConfig) ->
     return prompt_tokens + turns * (gen.max_new_tokens + 1) + (turns - 1) * MAX_TOOL_DELTA
 
 
-def start(model: Any, tokenizer: Any, item: Item, pool: Any, window: int | None) -> Conversation:
-    """A conversation whose prompt (the item's messages, rendered) is pending prefill."""
+def _serve_one(engine: Any, index: int, item: Item, gen: GenerationConfig) -> Conversation:
+    """One item through the agent loop on its own session (freed at the end)."""
+    from agentrt.agent import Agent, Limits
+    from agentrt.engine import SamplingParams
+
     messages = [dict(m) for m in item.messages]
-    ids = render_ids(tokenizer, messages, item.tool_list)
-    cache = model.new_cache(pool, window=window)
-    return Conversation(item=item, cache=cache, messages=messages, pending=ids)
+    system = messages[0]["content"] if messages and messages[0]["role"] == "system" else None
+    users = [m for m in messages if m["role"] == "user"]
+    if len(users) != 1 or len(messages) != len(users) + (system is not None):
+        raise ConfigError(f"item {item.id}: the prompt must be [system,] user")
+    tools = None
+    if item.tools:
+        names = [t["function"]["name"] for t in item.tools]
+        tools = registry(item.env.get("files", {}), names)
+    session = engine.new_session(f"item-{index}")
+    conv = Conversation(item)
+    try:
+        agent = Agent(
+            session,
+            tools=tools,
+            system=system,
+            sampling=SamplingParams(max_new_tokens=gen.max_new_tokens),
+            limits=Limits(
+                max_steps=gen.max_turns if tools else 1,
+                max_new_tokens=gen.max_new_tokens,
+                max_tool_result_chars=MAX_RESULT_CHARS,
+            ),
+            stop_at_call_end=False,
+        )
+        res = agent.ask(users[0]["content"])
+        conv.replies = [m["content"] for m in agent.messages if m["role"] == "assistant"]
+        if res.finish_reason == "context_limit":
+            conv.error = res.message
+        conv.stats = session.stats()
+    finally:
+        session.close()
+    return conv
 
 
 def serve(
     model: Any,
-    tokenizer: Any,
-    convs: list[Conversation],
+    items: list[Item],
     *,
     policy: Any,
     gen: GenerationConfig,
+    num_blocks: int,
+    tokenizer: Any = None,
     on_done: Callable[[Conversation], None] | None = None,
-) -> None:
-    """Run every conversation to its end in shared ragged steps; frees each cache when done."""
-    stops = stop_token_ids(tokenizer, model)
-    while True:
-        active = [c for c in convs if not c.done]
-        if not active:
-            return
-        feeds = [c.pending[: gen.prefill_chunk] for c in active]
-        batch = [
-            StepItem(c.cache, torch.tensor(f, dtype=torch.long))
-            for c, f in zip(active, feeds, strict=True)
-        ]
-        with torch.no_grad():
-            logits = model.step(batch, policy=policy)  # per item [V]
-        for conv, feed, row in zip(active, feeds, logits, strict=True):
-            conv.fed.extend(feed)
-            conv.pending = conv.pending[len(feed) :]
-            if conv.pending:
-                continue
-            token = int(torch.argmax(row))
-            conv.reply.append(token)
-            if (
-                token in stops
-                or len(conv.reply) >= gen.max_new_tokens
-                or _hit_stop(conv, tokenizer)
-            ):
-                _finish_turn(conv, tokenizer, stops, gen)
-            else:
-                conv.pending = [token]
-            if conv.done:
-                conv.stats = conv.cache.stats()
-                conv.cache.free()
-                if on_done is not None:
-                    on_done(conv)
+) -> list[Conversation]:
+    """Run every item to its end, all at once in shared engine steps; results in item order."""
+    from agentrt.engine import Engine, SchedulerConfig
 
+    engine = Engine(
+        model,
+        num_blocks=num_blocks,
+        block_size=BLOCK_SIZE,
+        policy=policy,
+        scheduler=SchedulerConfig(prefill_chunk=gen.prefill_chunk),
+    )
+    if tokenizer is not None:  # the caller's tokenizer (e.g. one without a chat template)
+        engine.tokenizer = tokenizer
 
-def _hit_stop(conv: Conversation, tokenizer: Any) -> bool:
-    """Whether the reply has started a new block of the plain fallback format."""
-    strings = stop_strings(tokenizer)
-    if not strings:
-        return False
-    text = tokenizer.decode(conv.reply, skip_special_tokens=False)
-    return any(s in text for s in strings)
+    def run(pair: tuple[int, Item]) -> Conversation:
+        conv = _serve_one(engine, pair[0], pair[1], gen)
+        if on_done is not None:
+            on_done(conv)
+        return conv
 
-
-def reply_text(ids: list[int], tokenizer: Any, stops: set[int]) -> str:
-    """The reply's text without its stop token; in the plain fallback also without the space
-    after `Assistant:` and anything from a stop string on (so it renders back the same)."""
-    if ids and ids[-1] in stops:
-        ids = ids[:-1]
-    text = tokenizer.decode(ids, skip_special_tokens=False)
-    strings = stop_strings(tokenizer)
-    for s in strings:
-        text = text.split(s, 1)[0]
-    return text[1:] if strings and text.startswith(" ") else text
-
-
-def _finish_turn(
-    conv: Conversation, tokenizer: Any, stops: set[int], gen: GenerationConfig
-) -> None:
-    """Close the assistant turn; run its tool calls and queue the next turn, or end."""
-    text = reply_text(conv.reply, tokenizer, stops)
-    conv.replies.append(text)
-    conv.reply = []
-    item = conv.item
-    calls = parse_tool_calls(text) if item.tools else []
-    if not calls or len(conv.replies) >= gen.max_turns:
-        conv.done = True
-        return
-    conv.messages.append({"role": "assistant", "content": text})
-    files = item.env.get("files", {})
-    conv.messages.extend({"role": "tool", "content": run_tool(c, files)} for c in calls)
-    delta = delta_ids(tokenizer, conv.fed, conv.messages, item.tool_list)
-    if delta is None:
-        conv.error = "the chat template rewrote earlier turns (would need a re-prefill)"
-    elif not delta or len(delta) > MAX_TOOL_DELTA:
-        conv.error = f"the tool turn renders to {len(delta)} tokens (limit {MAX_TOOL_DELTA})"
-    else:
-        conv.pending = delta
-        return
-    conv.done = True
+    try:
+        if len(items) == 1:
+            return [run((0, items[0]))]
+        with ThreadPoolExecutor(max_workers=len(items)) as pool:
+            return list(pool.map(run, enumerate(items)))
+    finally:
+        engine.close()

@@ -9,18 +9,16 @@ from typing import Any
 from agentrt.dms.policies import make_policy
 from agentrt.errors import ConfigError
 from agentrt.evals.generation import (
+    BLOCK_SIZE,
     Conversation,
     GenerationConfig,
     conversation_bound,
     serve,
-    start,
 )
 from agentrt.evals.options import EvalSpec
 from agentrt.evals.render import token_counter
 from agentrt.evals.result import Condition, EvalResult, Row
 from agentrt.evals.tasks import TASKS, Item, item_seed
-
-BLOCK_SIZE = 16
 
 
 def slot_budget(length: int, cr: float) -> int:
@@ -136,14 +134,14 @@ def _run_condition(
     streams = model.arch.num_layers * model.arch.num_kv_heads
     for lo in range(0, len(items), batch_size):
         chunk = items[lo : lo + batch_size]
-        policy, window, budget = build_policy(cond, length)
+        policy, _window, budget = build_policy(cond, length)
         bounds = [conversation_bound(item.prompt_tokens, item, gen) for item in chunk]
         blocks = sum(streams * (math.ceil(b / BLOCK_SIZE) + 1) for b in bounds)
-        pool = model.make_pool(num_blocks=blocks, block_size=BLOCK_SIZE)
-        convs = [start(model, tokenizer, item, pool, window) for item in chunk]
-        serve(model, tokenizer, convs, policy=policy, gen=gen, on_done=lambda _: bar.update(1))
+        convs = serve(
+            model, chunk, policy=policy, gen=gen, num_blocks=blocks, tokenizer=tokenizer,
+            on_done=lambda _: bar.update(1),
+        )  # fmt: skip
         records.extend(_record(c, cond, length, budget) for c in convs)
-        del pool
     return records
 
 

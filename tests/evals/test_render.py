@@ -6,9 +6,9 @@ import copy
 
 import pytest
 
+from agentrt.agent.chat import ChatFormat
 from agentrt.evals.render import (
     PLAIN_STOPS,
-    delta_ids,
     plain_text,
     render_ids,
     render_text,
@@ -33,6 +33,12 @@ def plain_tok():
     out = copy.deepcopy(small_tokenizer())
     out.chat_template = None
     return out
+
+
+def delta_ids(tok, cached, messages, tools):
+    """The agent loop's delta after `cached`, which holds `messages[:-1]` (one new message)."""
+    delta = ChatFormat(tok, list(tools or [])).delta(cached, messages[:-1], messages[-1:])
+    return delta.ids if delta.how == "diff" else None
 
 
 def agent_item(tok):
@@ -87,7 +93,7 @@ def test_delta_after_a_tool_turn_is_the_rendered_suffix(tok) -> None:
     reply = tok.encode(call["content"], add_special_tokens=False)
     messages = [*item.messages, call, result]
     delta = delta_ids(tok, prompt + reply, messages, item.tool_list)
-    assert prompt + reply + delta == render_ids(tok, messages, item.tool_list)
+    assert tok.decode(prompt + reply + delta) == render_text(tok, messages, item.tool_list)
     # a non-canonical tokenisation of the reply (one token per character) still continues
     odd = [i for ch in call["content"] for i in tok.encode(ch, add_special_tokens=False)]
     assert odd != reply
@@ -95,12 +101,16 @@ def test_delta_after_a_tool_turn_is_the_rendered_suffix(tok) -> None:
     assert tok.decode(prompt + odd + delta) == render_text(tok, messages, item.tool_list)
 
 
-def test_delta_is_none_when_history_was_rewritten(tok) -> None:
+def test_rewritten_history_gets_an_explicit_delta(tok) -> None:
+    """The cache holds a reply the rendering does not show: the new message is rendered alone."""
     item = agent_item(tok)
     prompt = render_ids(tok, list(item.messages), item.tool_list)
     cached = prompt + tok.encode("something else", add_special_tokens=False)
     messages = [*item.messages, *item.reference[:2]]
     assert delta_ids(tok, cached, messages, item.tool_list) is None
+    fmt = ChatFormat(tok, item.tool_list)
+    delta = fmt.delta(cached, messages[:-1], messages[-1:])
+    assert delta.how == "explicit" and delta.text.startswith("<|im_end|>\n<|im_start|>tool\n")
 
 
 def test_plain_fallback_format(plain_tok) -> None:
@@ -121,15 +131,14 @@ def test_plain_fallback_format(plain_tok) -> None:
 
 
 def test_plain_fallback_continues_after_a_tool_call(plain_tok) -> None:
-    from agentrt.evals.generation import reply_text
-
     item = agent_item(plain_tok)
     call, result, _ = item.reference
     prompt = render_ids(plain_tok, list(item.messages), item.tool_list)
     sampled = plain_tok.encode(" " + call["content"] + "\n\nTool:", add_special_tokens=False)
-    text = reply_text(sampled, plain_tok, stop_token_ids(plain_tok))
+    fmt = ChatFormat(plain_tok, item.tool_list)
+    text = fmt.reply_text(sampled, stop_token_ids(plain_tok))
     assert text == call["content"]
-    fed = prompt + sampled[:-1]  # the last sampled token is never fed
+    fed = prompt + sampled  # the cache ran into the next block: the delta continues it
     messages = [*item.messages, {"role": "assistant", "content": text}, result]
     delta = delta_ids(plain_tok, fed, messages, item.tool_list)
     assert delta is not None
