@@ -69,7 +69,7 @@ class Restored:
 
     info: SessionInfo
     cache: SessionCache
-    token_ids: list[int]
+    token_ids: list[int] = field(repr=False)
     seed: int | None
     rng_state: torch.Tensor | None = field(repr=False)
     last_logits: torch.Tensor | None = field(repr=False)  # [V] fp32
