@@ -43,7 +43,7 @@ def test_defaults_come_from_the_environment_set_by_conftest(agentrt_home: Path) 
     out = _show()
     assert out["home"] == str(agentrt_home)
     assert out["db"] == f"sqlite:///{agentrt_home / 'agentrt.db'}"
-    assert out["model"] is None and out["device"] == "auto"
+    assert out["model"] == "smollm2-135m-instruct" and out["device"] == "auto"
     assert out["sources"] == {"home": "env", "db": "env", "model": "default", "device": "default"}
 
 
