@@ -10,6 +10,7 @@ concurrent preparation never leaves a half-made model behind.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import importlib.util
@@ -118,36 +119,11 @@ def prepare(name: str, home: Path, *, progress: bool = True) -> Path:
         for stale in root.glob(f".tmp-{name}-*"):  # left by a killed preparation
             shutil.rmtree(stale, ignore_errors=True)
         _check_free_space(model, home)
-        started = time.monotonic()
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{name}-", dir=root))
         try:
-            gguf, origin = _locate_gguf(model, home, tmp, log)
-            log(f"verifying the sha256 of {gguf.name}")
-            verify_sha256(gguf, model)
-            out = tmp / name
-            out.mkdir()
-            log(f"converting {gguf.name} into a safetensors model folder (fp32)")
-            from agentrt.models.gguf_convert import convert_gguf
-
-            convert_gguf(gguf, out, progress=progress)
-            record = {
-                "name": name,
-                "origin": origin,
-                "gguf_file": model.gguf_file,
-                "sha256": model.sha256,
-                "license": model.license,
-                "upstream": model.upstream,
-                "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                "prepare_seconds": round(time.monotonic() - started, 1),
-            }
-            (out / MARKER).write_text(json.dumps(record, indent=2) + "\n")
-            os.replace(out, final)
-        except OSError as err:
-            if _is_disk_full(err):
-                raise _disk_full_error(model, home) from err
-            raise
+            _prepare_into(model, home, tmp, final, log, progress=progress)
         except Exception as err:
-            if _is_disk_full(err):  # safetensors reports a full disk as its own error
+            if _is_disk_full(err):  # an OSError, or safetensors' own error
                 raise _disk_full_error(model, home) from err
             raise
         finally:
@@ -156,18 +132,52 @@ def prepare(name: str, home: Path, *, progress: bool = True) -> Path:
     return final
 
 
+def _prepare_into(
+    model: KnownModel, home: Path, tmp: Path, final: Path, log: Log, *, progress: bool
+) -> None:
+    """Locate, verify and convert into `tmp`, then rename the finished folder to `final`."""
+    started = time.monotonic()
+    gguf, origin = _locate_gguf(model, home, tmp, log)
+    log(f"verifying the sha256 of {gguf.name}")
+    verify_sha256(gguf, model)
+    out = tmp / model.name
+    out.mkdir()
+    log(f"converting {gguf.name} into a safetensors model folder (fp32)")
+    from agentrt.models.gguf_convert import convert_gguf
+
+    convert_gguf(gguf, out, progress=progress)
+    record = {
+        "name": model.name,
+        "origin": origin,
+        "gguf_file": model.gguf_file,
+        "sha256": model.sha256,
+        "license": model.license,
+        "upstream": model.upstream,
+        "prepared_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "prepare_seconds": round(time.monotonic() - started, 1),
+    }
+    (out / MARKER).write_text(json.dumps(record, indent=2) + "\n")  # last: marks it complete
+    os.replace(out, final)
+
+
 def remove(name: str, home: Path) -> list[Path]:
     """Delete the prepared folder and the cached wheel of known model `name`; what was removed."""
     model = known_model(name)
-    gone = []
-    folder = prepared_dir(name, home)
-    if folder.exists():
-        shutil.rmtree(folder)
-        gone.append(folder)
-    wheel = cached_wheel(model, home)
-    if wheel is not None:
-        wheel.unlink()
-        gone.append(wheel)
+    gone: list[Path] = []
+    root = models_dir(home)
+    from filelock import FileLock
+
+    # never under a running preparation (which holds the lock in an existing models folder)
+    lock = FileLock(str(root / f".{name}.lock")) if root.is_dir() else contextlib.nullcontext()
+    with lock:
+        folder = prepared_dir(name, home)
+        if folder.exists():
+            shutil.rmtree(folder)
+            gone.append(folder)
+        wheel = cached_wheel(model, home)
+        if wheel is not None:
+            wheel.unlink()
+            gone.append(wheel)
     return gone
 
 
