@@ -1,0 +1,100 @@
+"""The session panel: compression per layer (per head on demand), checkpoints, save now."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from rich.text import Text
+from textual import on
+from textual.app import ComposeResult
+from textual.containers import VerticalScroll
+from textual.message import Message
+from textual.widgets import Button, Label, Static
+
+from agentrt.tui.widgets.format import human_bytes
+
+BAR_WIDTH = 16
+SPARK = "▁▂▃▄▅▆▇█"
+
+
+def layer_bars(per_layer: list[float], width: int = BAR_WIDTH) -> Text:
+    """One bar per layer, scaled to the largest ratio: `L0  ████░░░░  3.2×`."""
+    text = Text()
+    top = max(per_layer, default=1.0) or 1.0
+    for i, ratio in enumerate(per_layer):
+        filled = max(1, round(width * ratio / top)) if ratio > 0 else 0
+        text.append(f"L{i:<3}", style="dim")
+        text.append("█" * filled, style="green")
+        text.append("░" * (width - filled), style="dim")
+        text.append(f" {ratio:5.2f}×\n")
+    return text
+
+
+def head_grid(per_head: list[list[float]]) -> Text:
+    """One row per layer, one block character per KV head (height ~ its compression ratio)."""
+    text = Text()
+    top = max((r for row in per_head for r in row), default=1.0) or 1.0
+    for i, row in enumerate(per_head):
+        text.append(f"L{i:<3}", style="dim")
+        for r in row:
+            text.append(SPARK[min(len(SPARK) - 1, int((len(SPARK) - 1) * r / top))], style="cyan")
+        text.append(f"  max {max(row, default=0):.1f}×\n", style="dim")
+    return text
+
+
+def checkpoint_lines(checkpoints: list[Any]) -> Text:
+    """Newest first: local time, size, tokens, compression."""
+    if not checkpoints:
+        return Text("not saved yet (ctrl+s or /save)", style="dim")
+    text = Text()
+    for c in reversed(checkpoints[-8:]):
+        when = c.created_at.astimezone().strftime("%m-%d %H:%M:%S")
+        text.append(
+            f"{when}  {human_bytes(c.size_bytes):>9}  {c.tokens} tok  CR {c.compression_ratio:.2f}\n"
+        )
+    return text
+
+
+class SessionPanel(VerticalScroll):
+    """Shows one session's compression and checkpoints; the button posts `SaveRequested`."""
+
+    class SaveRequested(Message):
+        """The user asked to save the session now."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.per_head = False
+
+    def compose(self) -> ComposeResult:
+        """Title, compression chart, checkpoints, save button."""
+        yield Label("Session", classes="title", id="panel-title")
+        yield Label("compression per layer  (h: per head)", classes="subtitle", id="chart-title")
+        yield Static(id="chart")
+        yield Label("checkpoints", classes="subtitle")
+        yield Static(id="checkpoints")
+        yield Button("Save now", id="save-now", variant="primary")
+
+    def show(self, name: str, stats: dict[str, Any], checkpoints: list[Any], now: datetime) -> None:
+        """Redraw for this session's stats and checkpoints."""
+        del now  # times are shown as they are
+        tokens = stats.get("tokens", 0)
+        self.query_one("#panel-title", Label).update(
+            f"{name}: {tokens} tok, KV {human_bytes(stats.get('kv_bytes', 0))} "
+            f"of dense {human_bytes(stats.get('dense_bytes', 0))}"
+        )
+        if self.per_head:
+            self.query_one("#chart-title", Label).update("compression per KV head  (h: per layer)")
+            chart = head_grid(stats.get("compression_per_layer_head") or [])
+        else:
+            self.query_one("#chart-title", Label).update("compression per layer  (h: per head)")
+            chart = layer_bars(stats.get("compression_per_layer") or [])
+        self.query_one("#chart", Static).update(
+            chart if tokens else Text("empty session", style="dim")
+        )
+        self.query_one("#checkpoints", Static).update(checkpoint_lines(checkpoints))
+
+    @on(Button.Pressed, "#save-now")
+    def _save(self, event: Button.Pressed) -> None:
+        event.stop()
+        self.post_message(self.SaveRequested())
