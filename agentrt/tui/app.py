@@ -89,7 +89,10 @@ class ChatApp(App[int]):
         else:
             screen = ErrorScreen(title, error_text(err), "run with -v for a traceback")
         self.error = err
-        self.switch_screen(screen) if self.screen is self.main else self.push_screen(screen)
+        if self.screen is self.main:
+            self.switch_screen(screen)
+        else:
+            self.push_screen(screen)
 
     def action_help(self) -> None:
         """F1: keys and commands."""

@@ -155,3 +155,49 @@ async def test_failing_model_load_shows_the_error_screen(tmp_path: Path) -> None
         assert "no-such-model" in str(screen.query_one("#error-message").render())
         await pilot.press("q")
     assert app.return_code == 0 or app.return_code is None
+
+
+@run_async
+async def test_rename_and_delete_with_confirmation(model_dir: Path) -> None:
+    from textual.widgets import Input, OptionList
+
+    from agentrt.tui.screens.confirm import ConfirmScreen
+    from agentrt.tui.screens.name import NameScreen
+
+    app = app_for(model_dir, new="old", decoder=replay(["A."]))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        backend = app.main.backend
+        await send(pilot, "hi")
+        await send(pilot, "/save")
+        saved = backend.store.get_session("old")
+        files = [backend.home / c.file for c in backend.store.checkpoints(saved)]
+        assert files and all(f.is_file() for f in files)
+        assert [m.role for m in backend.store.messages(saved)] == ["user", "assistant"]
+
+        await pilot.press("f2")
+        await wait_for(pilot, lambda: isinstance(app.screen, NameScreen))
+        app.screen.query_one(Input).value = "renamed"
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: backend.current.name == "renamed")
+        assert backend.store.get_session("renamed").id == saved.id
+
+        await send(pilot, "/new other")
+        assert backend.current.name == "other"
+        options = app.main.query_one("#session-list", OptionList)
+        options.focus()
+        names = [e.name for e in app.main.query_one(Sidebar).entries]
+        options.highlighted = names.index("renamed")
+        await pilot.press("delete")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("n")  # no: nothing happens
+        await pilot.pause(0.1)
+        assert backend.store.get_session("renamed").id == saved.id
+        await pilot.press("delete")
+        await wait_for(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await wait_for(pilot, lambda: backend.find("renamed") is None)
+        await pilot.pause(0.1)
+        assert [e.name for e in app.main.query_one(Sidebar).entries] == ["other"]
+        assert not any(f.exists() for f in files)
+        assert backend.current.name == "other"

@@ -2,50 +2,46 @@
 
 from __future__ import annotations
 
+from rich.table import Table
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Markdown
+from textual.widgets import Label, Static
 
-HELP = """\
-# agentrt chat
+from agentrt.tui.commands import COMMANDS
 
-Each session is a KV cache that lives on: saved sessions continue from their
-checkpoint with no re-prefill.
+INTRO = (
+    "Each session is a KV cache that lives on: a saved session continues from its "
+    "checkpoint with no re-prefill. ctrl+q saves every session with news and quits."
+)
+KEYS = [
+    ("enter", "send"),
+    ("shift+enter, ctrl+j", "new line"),
+    ("up / down", "walk the input history"),
+    ("ctrl+c", "stop the answer (the partial answer stays)"),
+    ("ctrl+s", "save the session now"),
+    ("ctrl+n", "new session"),
+    ("ctrl+f", "fork the session"),
+    ("f2", "rename the session"),
+    ("delete (sidebar)", "delete the session and its checkpoints"),
+    ("f3", "session panel (h: per head / per layer)"),
+    ("ctrl+b", "show / hide the sidebar"),
+    ("ctrl+p", "command palette"),
+    ("f1", "this help"),
+    ("ctrl+q", "save and quit"),
+]
 
-## Keys
 
-| key | does |
-|---|---|
-| `enter` | send |
-| `shift+enter`, `ctrl+j` | new line |
-| `up` / `down` | walk the input history |
-| `ctrl+c` | stop the answer (the partial answer stays) |
-| `ctrl+s` | save the session now |
-| `ctrl+n` | new session |
-| `ctrl+f` | fork the session |
-| `f2` | rename the session |
-| `delete` (sidebar) | delete the session |
-| `f3` | session panel |
-| `h` (panel open) | compression per head / per layer |
-| `ctrl+b` | sidebar |
-| `ctrl+p` | command palette |
-| `f1` | this help |
-| `ctrl+q` | save and quit |
-
-## Slash commands
-
-| command | does |
-|---|---|
-| `/save` | save the session now |
-| `/fork NAME` | fork into a new session |
-| `/new [NAME]` | start a new session |
-| `/system TEXT` | system prompt (for an empty session, else for new ones) |
-| `/tools [on\\|off]` | list the tools, or turn them on/off for new sessions |
-| `/stats` | the session's numbers |
-| `/help` | this help |
-"""
+def two_columns(rows: list[tuple[str, str]]) -> Table:
+    """A borderless key | meaning table."""
+    table = Table(box=None, show_header=False, padding=(0, 2, 0, 0))
+    table.add_column(no_wrap=True)
+    table.add_column()
+    for key, does in rows:
+        table.add_row(Text(key, style="bold"), does)
+    return table
 
 
 class HelpScreen(ModalScreen[None]):
@@ -54,6 +50,12 @@ class HelpScreen(ModalScreen[None]):
     BINDINGS = [Binding("escape,q,f1", "dismiss", "Close")]
 
     def compose(self) -> ComposeResult:
-        """The help text."""
+        """Intro, keys, commands."""
         with VerticalScroll(classes="dialog help"):
-            yield Markdown(HELP)
+            yield Label("agentrt chat", classes="title")
+            yield Static(INTRO, classes="intro")
+            yield Label("Keys", classes="subtitle")
+            yield Static(two_columns(KEYS))
+            yield Label("Slash commands", classes="subtitle")
+            yield Static(two_columns([(f"/{name}", does) for name, does in COMMANDS.items()]))
+            yield Label("esc: close", classes="hint")

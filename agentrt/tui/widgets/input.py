@@ -44,9 +44,7 @@ class ChatInput(TextArea):
         if event.key == "up" and self.cursor_location[0] == 0 and self.sent:
             event.prevent_default()
             event.stop()
-            self._browse = (
-                len(self.sent) - 1 if self._browse is None else max(self._browse - 1, 0)
-            )
+            self._browse = len(self.sent) - 1 if self._browse is None else max(self._browse - 1, 0)
             self.load_text(self.sent[self._browse])
             return
         if event.key == "down" and self._browse is not None and self.cursor_at_last_line:

@@ -69,6 +69,7 @@ class SessionPanel(VerticalScroll):
     def compose(self) -> ComposeResult:
         """Title, compression chart, checkpoints, save button."""
         yield Label("Session", classes="title", id="panel-title")
+        yield Label("", id="panel-numbers")
         yield Label("compression per layer  (h: per head)", classes="subtitle", id="chart-title")
         yield Static(id="chart")
         yield Label("checkpoints", classes="subtitle")
@@ -79,9 +80,11 @@ class SessionPanel(VerticalScroll):
         """Redraw for this session's stats and checkpoints."""
         del now  # times are shown as they are
         tokens = stats.get("tokens", 0)
-        self.query_one("#panel-title", Label).update(
-            f"{name}: {tokens} tok, KV {human_bytes(stats.get('kv_bytes', 0))} "
-            f"of dense {human_bytes(stats.get('dense_bytes', 0))}"
+        self.query_one("#panel-title", Label).update(name)
+        self.query_one("#panel-numbers", Label).update(
+            f"{tokens} tok · KV {human_bytes(stats.get('kv_bytes', 0))} "
+            f"of dense {human_bytes(stats.get('dense_bytes', 0))} · "
+            f"CR {stats.get('compression_ratio', 1.0):.2f}×"
         )
         if self.per_head:
             self.query_one("#chart-title", Label).update("compression per KV head  (h: per layer)")

@@ -52,7 +52,7 @@ class Sidebar(Vertical):
         yield Label("Sessions", classes="title")
         yield Input(placeholder="filter…", id="session-filter")
         yield OptionList(id="session-list")
-        yield Label("^n new  ^f fork  f2 rename  del delete", classes="hint")
+        yield Label("^n new · ^f fork · f2 rename · del delete", classes="hint")
 
     def show(self, entries: list[Any], current: str | None, now: datetime) -> None:
         """Show these sessions (keeps the filter)."""
