@@ -14,20 +14,31 @@ from textual.widgets import Button, Label, Static
 
 from agentrt.tui.widgets.format import human_bytes
 
-BAR_WIDTH = 16
+CHART_ROWS = 4
+BLOCKS = " ▁▂▃▄▅▆▇█"
 SPARK = "▁▂▃▄▅▆▇█"
 
 
-def layer_bars(per_layer: list[float], width: int = BAR_WIDTH) -> Text:
-    """One bar per layer, scaled to the largest ratio: `L0  ████░░░░  3.2×`."""
+def layer_bars(per_layer: list[float], rows: int = CHART_ROWS) -> Text:
+    """A small column chart, one column per layer (height ~ its compression ratio), with an axis."""
+    if not per_layer:
+        return Text("no layers", style="dim")
+    top = max(per_layer) or 1.0
+    gap = " " if len(per_layer) <= 20 else ""
     text = Text()
-    top = max(per_layer, default=1.0) or 1.0
-    for i, ratio in enumerate(per_layer):
-        filled = max(1, round(width * ratio / top)) if ratio > 0 else 0
-        text.append(f"L{i:<3}", style="dim")
-        text.append("█" * filled, style="green")
-        text.append("░" * (width - filled), style="dim")
-        text.append(f" {ratio:5.2f}×\n")
+    for row in range(rows - 1, -1, -1):
+        text.append(
+            "".join(
+                BLOCKS[max(0, min(8, round(r / top * rows * 8) - row * 8))] + gap for r in per_layer
+            ),
+            style="green",
+        )
+        text.append(f" {top:.1f}×\n" if row == rows - 1 else "\n", style="dim")
+    width = n * (col + len(gap))
+    last = f"L{n - 1}"
+    text.append("L0" + last.rjust(max(width - 2, len(last) + 1)) + "\n", style="dim")
+    mean = sum(per_layer) / len(per_layer)
+    text.append(f"min {min(per_layer):.2f}×  mean {mean:.2f}×  max {top:.2f}×\n")
     return text
 
 
