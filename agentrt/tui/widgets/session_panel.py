@@ -24,15 +24,13 @@ def layer_bars(per_layer: list[float], rows: int = CHART_ROWS) -> Text:
     if not per_layer:
         return Text("no layers", style="dim")
     top = max(per_layer) or 1.0
-    gap = " " if len(per_layer) <= 20 else ""
+    n = len(per_layer)
+    col = 2 if n <= 12 else 1  # few layers: wider columns
+    gap = " " if n <= 20 else ""
     text = Text()
     for row in range(rows - 1, -1, -1):
-        text.append(
-            "".join(
-                BLOCKS[max(0, min(8, round(r / top * rows * 8) - row * 8))] + gap for r in per_layer
-            ),
-            style="green",
-        )
+        cells = (BLOCKS[max(0, min(8, round(r / top * rows * 8) - row * 8))] for r in per_layer)
+        text.append("".join(c * col + gap for c in cells), style="green")
         text.append(f" {top:.1f}×\n" if row == rows - 1 else "\n", style="dim")
     width = n * (col + len(gap))
     last = f"L{n - 1}"
