@@ -32,9 +32,29 @@ from agentrt.cli.options import db_option, device_option, home_option
     default=None,
     help="Folder the file tools may read (default: the current folder).",
 )
-@click.option("--max-new-tokens", type=click.IntRange(min=1), default=512, show_default=True)
-@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True)
-@click.option("--kv-budget", default="1GiB", show_default=True, help="KV pool size.")
+@click.option(
+    "--max-new-tokens",
+    type=click.IntRange(min=1),
+    default=512,
+    show_default=True,
+    help="Longest answer per model turn.",
+)
+@click.option(
+    "--temperature",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    show_default=True,
+    help="Sampling temperature (0 = greedy).",
+)
+@click.option(
+    "--kv-budget",
+    default="1GiB",
+    show_default=True,
+    metavar="SIZE",
+    envvar="AGENTRT_KV_BUDGET",
+    show_envvar=True,
+    help="KV pool size, e.g. 512MiB.",
+)
 @device_option
 @home_option
 @db_option
@@ -63,7 +83,7 @@ def chat(**kw: Any) -> None:
     )
     app = make_app(options)
     app.run()
-    err = getattr(app, "error", None)
+    err = getattr(app, "load_error", None)
     if err is not None:
         from agentrt.errors import AgentRTError
 

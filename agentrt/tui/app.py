@@ -53,6 +53,8 @@ class ChatApp(App[int]):
         self.main = MainScreen()
         self.quit_after_answer = False
         self._unsaved_quit = False
+        self.load_error: BaseException | None = None  # why the model or session did not open
+        self.saved_on_quit: list[str] = []
 
     def on_mount(self) -> None:
         """Show the main screen at once; load the model in a worker."""
@@ -88,7 +90,7 @@ class ChatApp(App[int]):
             screen = ErrorScreen(f"{title}: {err.title}", err.message, err.hint)
         else:
             screen = ErrorScreen(title, error_text(err), "run with -v for a traceback")
-        self.error = err
+        self.load_error = err
         if self.screen is self.main:
             self.switch_screen(screen)
         else:

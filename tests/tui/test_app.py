@@ -201,3 +201,22 @@ async def test_rename_and_delete_with_confirmation(model_dir: Path) -> None:
         assert [e.name for e in app.main.query_one(Sidebar).entries] == ["other"]
         assert not any(f.exists() for f in files)
         assert backend.current.name == "other"
+
+
+@run_async
+async def test_tool_calls_show_as_collapsible_blocks(model_dir: Path, tmp_path: Path) -> None:
+    from agentrt.tui.widgets.tool_block import ToolBlock
+
+    call = '<tool_call>[{"name": "calculator", "arguments": {"expression": "6 * 7"}}]</tool_call>'
+    app = app_for(model_dir, tools=True, workspace=tmp_path, decoder=replay([call, "It is 42."]))
+    async with app.run_test(size=SIZE) as pilot:
+        await ready(pilot)
+        await send(pilot, "what is 6 * 7?")
+        blocks = list(app.main.query(ToolBlock))
+        assert len(blocks) == 1
+        block = blocks[0]
+        assert block.collapsed and "calculator" in block.title and block.title.endswith("✓")
+        assert "42" in str(block.result_view.render())
+        assert _assistant_texts(app)[-1] == "It is 42."
+        messages = app.main.backend.current.agent.messages
+        assert [m["role"] for m in messages[-4:]] == ["user", "assistant", "tool", "assistant"]
