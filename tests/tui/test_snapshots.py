@@ -21,8 +21,14 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_chat_model(tmp_path_factory.mktemp("snap") / "tiny-chat")
 
 
-async def _one_answer(pilot) -> None:
+async def _steady(pilot) -> None:
+    """Wait for the model and stop the input's cursor from blinking (a timer in the picture)."""
     await ready(pilot)
+    pilot.app.main.query_one("#input").cursor_blink = False
+
+
+async def _one_answer(pilot) -> None:
+    await _steady(pilot)
     await send(pilot, "Say hello in Markdown")
     pilot.app.main.status.set(tokens_per_s=42.0)  # mask: a wall-time rate
     await pilot.pause(0.2)
@@ -46,7 +52,7 @@ def test_session_panel(model_dir: Path, snap_compare) -> None:
 
 def test_help_screen(model_dir: Path, snap_compare) -> None:
     async def open_help(pilot) -> None:
-        await ready(pilot)
+        await _steady(pilot)
         await pilot.press("f1")
         await pilot.pause(0.2)
         assert type(pilot.app.screen).__name__ == "HelpScreen"
