@@ -220,3 +220,39 @@ async def test_tool_calls_show_as_collapsible_blocks(model_dir: Path, tmp_path: 
         assert _assistant_texts(app)[-1] == "It is 42."
         messages = app.main.backend.current.agent.messages
         assert [m["role"] for m in messages[-4:]] == ["user", "assistant", "tool", "assistant"]
+
+
+@run_async
+async def test_window_shows_before_the_model_has_loaded(model_dir: Path) -> None:
+    import threading
+
+    from agentrt.tui.backend import load_engine
+    from tests.tui.helpers import NOW, StepTimer, options
+
+    gate = threading.Event()
+
+    def slow_load(opts):
+        assert gate.wait(30), "the test never opened the gate"
+        return load_engine(opts)
+
+    from agentrt.tui.app import make_app
+
+    app = make_app(options(model_dir), load=slow_load, clock=lambda: NOW, timer=StepTimer())
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.pause(0.2)
+        assert app.screen is app.main and app.main.backend is None
+        progress = [str(label.render()) for label in app.main.query(".progress")]
+        assert progress and "loading the model" in progress[0]
+        await send_while_loading(pilot)
+        gate.set()
+        await ready(pilot)
+        assert app.main.backend.current.name == "chat"
+        assert not list(app.main.query(".progress"))
+
+
+async def send_while_loading(pilot) -> None:
+    """Enter before the model is there: a notice, nothing is sent."""
+    pilot.app.main.query_one("#input").load_text("too early")
+    await pilot.press("enter")
+    await pilot.pause(0.1)
+    assert not list(pilot.app.main.query(MessageView))
