@@ -50,6 +50,16 @@ async def test_markdown_answer_and_slash_stats(model_dir: Path) -> None:
         await send(pilot, "/stats")
         notes = [str(label.render()) for label in app.main.query(".note")]
         assert any("tokens in" in n and "CR" in n for n in notes), notes
+        box = app.main.query_one("#input")
+        box.focus()
+        await pilot.press("up")
+        assert box.text == "/stats"
+        await pilot.press("up")
+        assert box.text == "Say hello"
+        await pilot.press("down")
+        assert box.text == "/stats"
+        await pilot.press("ctrl+j")  # a new line, not a send
+        assert box.text.count("\n") == 1 and box.text.replace("\n", "") == "/stats"
 
 
 @run_async
