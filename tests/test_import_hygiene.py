@@ -20,6 +20,9 @@ CASES = [
     ("agentrt.engine", {"textual", "sqlalchemy", "alembic", "rich"}),
     ("agentrt.sessions.checkpoint", {"textual", "sqlalchemy", "alembic"}),
     ("agentrt.bench.gpu_check", {"textual", "sqlalchemy", "alembic"}),
+    # the chat UI: textual only once the app is built; its backend never needs it
+    ("agentrt.cli.chat", {"torch", "transformers", "textual", "sqlalchemy", "rich"}),
+    ("agentrt.tui.backend", {"textual", "torch", "sqlalchemy"}),
 ]
 
 

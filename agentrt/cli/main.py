@@ -103,6 +103,9 @@ def _register() -> None:
     from agentrt.cli import run
 
     cli.add_command(run.run_cmd)
+    from agentrt.cli import chat
+
+    cli.add_command(chat.chat)
 
 
 _register()

@@ -1,0 +1,1 @@
+"""`agentrt chat`: the textual terminal UI for long, persistent sessions (imported only by that command)."""

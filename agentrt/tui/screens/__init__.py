@@ -1,0 +1,1 @@
+"""The chat UI's screens: main, help, error, confirm, name prompt."""

@@ -1,0 +1,32 @@
+"""Small text formatters shared by the widgets (bytes, counts, ages)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+
+def human_bytes(n: float) -> str:
+    """1536 -> '1.5 KiB' (B, KiB, MiB, GiB)."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def human_count(n: int) -> str:
+    """12345 -> '12.3k'."""
+    return str(n) if n < 1000 else f"{n / 1000:.1f}k"
+
+
+def age(then: datetime | None, now: datetime) -> str:
+    """How long ago `then` was: 'now', '5m', '3h', '2d', or '-' when unknown."""
+    if then is None:
+        return "-"
+    seconds = (now - then).total_seconds()
+    if seconds < 60:
+        return "now"
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m")):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return "now"
