@@ -18,7 +18,7 @@ from agentrt.cli.options import db_option, device_option, home_option
     show_envvar=True,
     metavar="PATH_OR_ID",
     default=None,
-    help="Model folder or hub id. Default: AGENTRT_MODEL, else the bundled demo model.",
+    help="Model folder or hub id. Default: AGENTRT_MODEL, else smollm2-135m-instruct (prepared on first use).",
 )
 @click.option("-s", "--session", default=None, metavar="NAME", help="Open this saved session.")
 @click.option("--new", "new", default=None, metavar="NAME", help="Start a new session NAME.")

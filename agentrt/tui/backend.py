@@ -180,7 +180,7 @@ class ChatBackend:
 
     def _agent(self, session: Any, messages: list[Message] | None, callbacks: Any) -> Any:
         from agentrt.agent import Agent, Limits
-        from agentrt.sampling import SamplingParams
+        from agentrt.engine import SamplingParams
 
         sampling = SamplingParams(
             max_new_tokens=self.options.max_new_tokens, temperature=self.options.temperature
