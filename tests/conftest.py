@@ -9,7 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from agentrt.settings import ENV_DB, ENV_DEVICE, ENV_HOME, ENV_MODEL
+from agentrt.settings import ENV_DB, ENV_DEVICE, ENV_HOME, ENV_MODEL, home_dir
+
+# The caller's agentrt home, read once at collection, before any test points AGENTRT_HOME
+# elsewhere: tests marked `model` use the default model prepared there (README's first
+# command prepares it), read-only, instead of preparing another copy.
+CALLER_HOME = home_dir()
+
+
+def prepared_default_model() -> Path | None:
+    """The default model's folder in the caller's home, when a finished preparation is there."""
+    from agentrt.models.prepare import MARKER, prepared_dir
+    from agentrt.models.registry import DEFAULT_MODEL
+
+    folder = prepared_dir(DEFAULT_MODEL, CALLER_HOME)
+    return folder if (folder / MARKER).is_file() else None
 
 
 @pytest.fixture(autouse=True)

