@@ -147,7 +147,7 @@ def test_failed_input_gives_a_non_zero_exit(model_dir, tmp_path):
         f"model: {model_dir}\ndevice: cpu\ninputs:\n  - {{id: long, prompt: '{'word ' * 50}'}}\n"
         "generation: {max_new_tokens: 4}\nlimits: {max_tokens: 20}\noutput: o.jsonl\n"
     )
-    result = CliRunner().invoke(cli, ["run", str(task)])
+    result = CliRunner().invoke(cli, ["run", str(task), "--set", "dms=off"])
     assert result.exit_code == 1, result.output
     (rec,) = read_records(tmp_path / "o.jsonl").values()
     assert rec["status"] == "failed" and rec["finish_reason"] == "max_tokens"
@@ -198,6 +198,7 @@ def test_a_shared_run_rolls_over_near_the_context_limit(tmp_path):
     task.write_text(
         f"model: {model}\ndevice: cpu\ninputs:\n{inputs}generation: {{max_new_tokens: 8}}\n"
         "session: {name: long, on_context_limit: summarize, summary_tokens: 8}\noutput: o.jsonl\n"
+        "dms: {window_size: 8}\n"
     )
     result = CliRunner().invoke(cli, ["run", str(task)])
     assert result.exit_code == 0, result.output
