@@ -203,10 +203,10 @@ def model_problem(model: str | None, base: Path) -> str | None:
     if model is None:
         from agentrt.settings import default_model
 
-        if default_model() is None:
-            return (
-                "no model given and no default model is available; set `model:` to a model folder"
-            )
+        model = default_model()
+    from agentrt.models.registry import KNOWN_MODELS
+
+    if model in KNOWN_MODELS:  # a known model: prepared on first use (docs/MODELS.md)
         return None
     for candidate in (base / model, Path(model).expanduser()):
         if candidate.is_dir():

@@ -15,6 +15,7 @@ from agentrt.agent.runner import TaskRunner, open_engine, open_store, read_recor
 from agentrt.agent.task import load_task
 from agentrt.cli.main import cli
 from tests.agent.helpers import save_chat_model
+from tests.conftest import prepared_default_model
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "examples" / "quickstart.yaml"
@@ -147,7 +148,7 @@ def test_failed_input_gives_a_non_zero_exit(model_dir, tmp_path):
         f"model: {model_dir}\ndevice: cpu\ninputs:\n  - {{id: long, prompt: '{'word ' * 50}'}}\n"
         "generation: {max_new_tokens: 4}\nlimits: {max_tokens: 20}\noutput: o.jsonl\n"
     )
-    result = CliRunner().invoke(cli, ["run", str(task)])
+    result = CliRunner().invoke(cli, ["run", str(task), "--set", "dms=off"])
     assert result.exit_code == 1, result.output
     (rec,) = read_records(tmp_path / "o.jsonl").values()
     assert rec["status"] == "failed" and rec["finish_reason"] == "max_tokens"
@@ -172,13 +173,15 @@ def test_bad_task_fails_before_model_work(tmp_path, monkeypatch):
         assert part in result.output, result.output
 
 
-DEFAULT_MODEL = os.environ.get("AGENTRT_MODEL")  # read at collection, before the home fixture
+# read at collection, before the home fixture: AGENTRT_MODEL, else the default model that
+# README's first command prepared in the caller's home
+DEFAULT_MODEL = os.environ.get("AGENTRT_MODEL") or str(prepared_default_model() or "")
 
 
 @pytest.mark.model
 @pytest.mark.skipif(
     not DEFAULT_MODEL or not Path(DEFAULT_MODEL).is_dir(),
-    reason="needs the default model (AGENTRT_MODEL)",
+    reason="needs the default model prepared (README's first command) or AGENTRT_MODEL",
 )
 def test_quickstart_on_the_default_model(tmp_path):
     """The quickstart on the real default model: it calls search_text and answers; the session
@@ -198,6 +201,7 @@ def test_a_shared_run_rolls_over_near_the_context_limit(tmp_path):
     task.write_text(
         f"model: {model}\ndevice: cpu\ninputs:\n{inputs}generation: {{max_new_tokens: 8}}\n"
         "session: {name: long, on_context_limit: summarize, summary_tokens: 8}\noutput: o.jsonl\n"
+        "dms: {window_size: 8}\n"
     )
     result = CliRunner().invoke(cli, ["run", str(task)])
     assert result.exit_code == 0, result.output
