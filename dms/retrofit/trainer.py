@@ -35,6 +35,7 @@ from agentrt.dms.retrofit.checkpoint import (
 )
 from agentrt.dms.retrofit.config import RetrofitConfig
 from agentrt.dms.retrofit.data import BatchOrder, prepare_data
+from agentrt.dms.retrofit.layer_local import dense_layer_cache, layer_local_step
 from agentrt.dms.retrofit.loss import (
     compression_loss,
     distillation_loss,
@@ -42,7 +43,6 @@ from agentrt.dms.retrofit.loss import (
     noise_seed,
     valid_positions,
 )
-from agentrt.dms.retrofit.layer_local import dense_layer_cache, layer_local_step
 from agentrt.dms.retrofit.recompute import recomputed_mlps
 from agentrt.dms.retrofit.report import dense_teacher, evaluate_heldout, expected_compression_ratio
 from agentrt.errors import BudgetError, ConfigError
