@@ -82,6 +82,12 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
         click.STRING,
         "Start a fresh schedule from the adapters in this folder (adapter flavour).",
     ),
+    (
+        "--max-minutes",
+        "max_minutes",
+        click.FLOAT,
+        "Stop with a checkpoint after this many minutes of training (0: off).",
+    ),
     ("--threads", "threads", click.INT, "Torch CPU threads (0: torch's default)."),
 ]
 

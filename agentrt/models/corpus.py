@@ -192,8 +192,8 @@ def generate_chats(
                         model_dir, device="cpu", home=home, db=f"sqlite:///{home}/db.sqlite"
                     )
                 tok = engine.tokenizer
-                ids = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-                ids = list(ids["input_ids"] if isinstance(ids, dict) else ids)
+                text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+                ids = list(tok(text, add_special_tokens=False)["input_ids"])
                 session = engine.new_session()
                 session.prefill(ids)
                 answer = "".join(session.generate_text(max_new_tokens, temperature=0.0)).strip()

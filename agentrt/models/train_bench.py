@@ -4,7 +4,8 @@
 
 Builds the same `Retrofitter` as `agentrt retrofit` (adapter flavour, batch 1), runs
 `--warmup` updates and then `--steps` timed ones, and prints one JSON line: the seconds
-per update, tokens/s and the process's peak resident memory (ru_maxrss, so run one
+per update, tokens/s, tokens per CPU-second (what a shared machine's load does not
+change much) and the process's peak resident memory (ru_maxrss, so run one
 measurement per process). `--dense` uses the dense [T, T] soft mask instead of the tiled
 attention (the path `agentrt retrofit` used before).
 """
@@ -47,10 +48,11 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
     run.tiled_attention = not args.dense
     for step in range(args.warmup):
         run.train_step(step)
-    start = time.perf_counter()
+    start, cpu0 = time.perf_counter(), _cpu_seconds()
     for step in range(args.warmup, args.warmup + args.steps):
         run.train_step(step)
     took = (time.perf_counter() - start) / args.steps
+    cpu = (_cpu_seconds() - cpu0) / args.steps
     return {
         "seq_len": args.seq_len,
         "attention": "dense" if args.dense else "tiled",
@@ -59,8 +61,16 @@ def measure(args: argparse.Namespace) -> dict[str, object]:
         "gradient_checkpointing": args.gradient_checkpointing,
         "s_per_update": round(took, 2),
         "tokens_per_s": round(args.seq_len / took, 1),
+        "cpu_s_per_update": round(cpu, 2),
+        "tokens_per_cpu_s": round(args.seq_len / cpu, 1),
         "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
     }
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU seconds of this process so far (all threads)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,6 +20,7 @@ RESUMABLE_CHANGES = frozenset(
         "steps",
         "save_every",
         "save_every_minutes",
+        "max_minutes",
         "resume",
         "resume_from",
         "init_adapters",
@@ -51,7 +52,7 @@ _INT_KEYS = frozenset(
     }
 )
 _FLOAT_KEYS = frozenset(
-    {"target_cr", "initial_cr", "lr", "tau", "eval_fraction", "save_every_minutes"}
+    {"target_cr", "initial_cr", "lr", "tau", "eval_fraction", "save_every_minutes", "max_minutes"}
 )
 _BOOL_KEYS = frozenset({"resume", "gradient_checkpointing"})
 
@@ -91,6 +92,7 @@ class RetrofitConfig:
     heldout_data: tuple[str, ...] = ()  # held-out files (then every `data` block trains)
     eval_seq_len: int = 0  # held-out block length for the report (0: seq_len)
     save_every_minutes: float = 0.0  # also checkpoint after an update once this much time passed
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this much training time (0: off)
     resume_from: str = ""  # continue from this checkpoint folder (e.g. a committed state)
     init_adapters: str = ""  # start a fresh schedule from the adapters in this folder
     threads: int = 0  # torch intra-op threads (0: torch's default)
@@ -240,8 +242,9 @@ def config_problems(v: dict[str, Any]) -> list[tuple[str, str]]:
             bad(key, "must be ≥ 0")
     if v["eval_seq_len"] and not v["heldout_data"]:
         bad("eval_seq_len", "needs heldout_data (held-out files packed at that length)")
-    if v["save_every_minutes"] < 0:
-        bad("save_every_minutes", "must be ≥ 0")
+    for key in ("save_every_minutes", "max_minutes"):
+        if v[key] < 0:
+            bad(key, "must be ≥ 0")
     if v["alpha_per"] not in ALPHA_PER:
         bad("alpha_per", f"must be one of {', '.join(ALPHA_PER)}")
     if v["dtype"] not in DTYPES:

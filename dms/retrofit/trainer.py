@@ -294,8 +294,10 @@ class Retrofitter:
                     bar.update(1)
                     self.step = step + 1
                     minutes = (time.monotonic() - self.last_save) / 60
+                    out_of_time = bool(cfg.max_minutes) and self.wall_s >= 60 * cfg.max_minutes
                     if (
                         self.step == cfg.steps
+                        or out_of_time
                         or (cfg.save_every and self.step % cfg.save_every == 0)
                         or (cfg.save_every_minutes and minutes >= cfg.save_every_minutes)
                     ):
@@ -308,6 +310,11 @@ class Retrofitter:
                             self._data_position(),
                         )
                         self.last_save = time.monotonic()
+                    if out_of_time:
+                        log.info(
+                            "max_minutes=%s reached after %d updates", cfg.max_minutes, self.step
+                        )
+                        break
         finally:
             bar.close()
 
