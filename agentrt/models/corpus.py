@@ -168,9 +168,16 @@ def chat_prompt(item: dict[str, Any], k: int) -> list[dict[str, str]]:
 
 
 def generate_chats(
-    model_dir: str, items: list[dict[str, Any]], max_new_tokens: int, cache: dict[str, Any]
+    model_dir: str,
+    items: list[dict[str, Any]],
+    max_new_tokens: int,
+    cache: dict[str, Any],
+    cache_file: Path | None = None,
 ) -> list[dict[str, Any]]:
-    """Answers of the model to each excerpt's question (greedy, CPU); cached by prompt hash."""
+    """Answers of the model to each excerpt's question (greedy, CPU); cached by prompt hash.
+
+    The cache is written after every new answer, so an interrupted build keeps its work.
+    """
     import tempfile
 
     from tqdm import tqdm
@@ -199,6 +206,8 @@ def generate_chats(
                 answer = "".join(session.generate_text(max_new_tokens, temperature=0.0)).strip()
                 session.close()
                 cache[key] = answer
+                if cache_file is not None:
+                    cache_file.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
             records.append(
                 {
                     "doc": item["doc"],
@@ -263,7 +272,7 @@ def build_corpus(
             raise ConfigError("--chat needs --model (the model writes the answers)")
         cache_file = out / "chat_cache.json"
         cache = json.loads(cache_file.read_text()) if cache_file.exists() else {}
-        chats = generate_chats(model, excerpts(docs, chat), chat_tokens, cache)
+        chats = generate_chats(model, excerpts(docs, chat), chat_tokens, cache, cache_file)
         cache_file.write_text(json.dumps(cache, indent=1, sort_keys=True) + "\n")
         files["chat.jsonl"] = write_jsonl(
             out / "chat.jsonl", [{"messages": c["messages"]} for c in chats]

@@ -44,6 +44,9 @@ def tokenizer():
         ("steps", "many", "steps='many' must be an integer"),
         ("eval_fraction", 1.0, "eval_fraction=1.0 must be between 0 and 1"),
         ("device", "tpu", "device='tpu' must be auto, cpu, cuda or cuda:N"),
+        ("objective", "mse", "objective='mse' must be one of kl, layer_local"),
+        ("max_minutes", -1.0, "max_minutes=-1.0 must be ≥ 0"),
+        ("heldout_data", "held.txt", "heldout_data='held.txt' must be a list of paths"),
     ],
 )
 def test_invalid_values_name_key_and_value(key: str, value: object, needle: str) -> None:

@@ -226,3 +226,27 @@ def test_layer_local_run_follows_the_schedule(tiny, tmp_path) -> None:
     assert report["heldout"]["kl_to_teacher"] < 0.5
     with pytest.raises(ConfigError, match="layer_local trains adapters only"):
         RetrofitConfig(model="m", data=("d",), out="o", objective="layer_local", flavour="qneuron")
+
+
+# -- the measuring scripts -----------------------------------------------------------------
+
+
+def test_train_eval_serves_adapters_at_several_lengths(tiny, tmp_path) -> None:
+    from agentrt.models.train_eval import evaluate
+
+    model, data = tiny
+    retrofit(make_config(model, data, tmp_path / "a", steps=20, ramp_steps=10), progress=False)
+    result = evaluate(str(model), str(tmp_path / "a/adapters"), [str(data)], [64, 128], 2, 0)
+    assert set(result["lengths"]) == {"64", "128"} and result["window"] == 4
+    for row in result["lengths"].values():
+        assert row["blocks"] == 2 and row["compression_ratio"] > 1.0 and row["kl_to_dense"] >= 0
+
+
+def test_train_bench_measures_one_update(tiny, capsys) -> None:
+    from agentrt.models.train_bench import main
+
+    model, data = tiny
+    args = ["--model", str(model), "--data", str(data), "--seq-len", "64", "--window", "4"]
+    assert main([*args, "--steps", "1", "--warmup", "0"]) == 0
+    row = json.loads(capsys.readouterr().out)
+    assert row["attention"] == "tiled" and row["tokens_per_s"] > 0 and row["peak_rss_gb"] > 0
