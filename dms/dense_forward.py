@@ -86,8 +86,12 @@ def dense_forward(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     mask_fn: MaskFn,
+    head: bool = True,
 ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-    """Run every layer densely with masks from mask_fn; returns logits [B, T, V] and decisions."""
+    """Run every layer densely with masks from mask_fn; returns logits [B, T, V] and decisions.
+
+    head=False returns the last residual stream [B, T, hidden] instead (before the final norm).
+    """
     bsz, seq = input_ids.shape
     h = hf_model.model.embed_tokens(input_ids)
     positions = default_positions(attention_mask, bsz, seq, input_ids.device)
@@ -135,7 +139,7 @@ def dense_forward(
                 scale=layer.self_attn.scaling,
             )
         h = finish_layer(layer, h, out.transpose(1, 2).reshape(bsz, seq, -1))
-    return lm_logits(hf_model, h), decisions
+    return (lm_logits(hf_model, h) if head else h), decisions
 
 
 def causal_mask(seq: int, device: torch.device) -> torch.Tensor:

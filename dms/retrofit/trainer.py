@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from agentrt.dms.loader import load_model, resolve_model_dir
+from agentrt.dms.projections import lm_logits
 from agentrt.dms.retrofit import setup
 from agentrt.dms.retrofit.adapter_files import (
     apply_adapter_folder,
@@ -38,8 +39,8 @@ from agentrt.dms.retrofit.data import BatchOrder, prepare_data
 from agentrt.dms.retrofit.layer_local import dense_layer_cache, layer_local_step
 from agentrt.dms.retrofit.loss import (
     compression_loss,
-    distillation_loss,
     eviction_fractions,
+    hidden_kl,
     noise_seed,
     valid_positions,
 )
@@ -177,10 +178,18 @@ class Retrofitter:
                 self.step,
             )
 
-    def _teacher_logits(self, ids: torch.Tensor) -> torch.Tensor:
-        """Teacher logits [B, T, V] for ids [B, T] (no grad)."""
+    def _teacher_hidden(self, ids: torch.Tensor) -> torch.Tensor:
+        """Teacher's last residual stream [B, T, hidden] for ids [B, T] (no grad)."""
         teacher = self.teacher or self.model
-        return teacher.forward_train(ids, noise_seed=None, teacher=True).logits
+        return teacher.forward_train(ids, noise_seed=None, teacher=True, head=False).logits
+
+    def _heads(self) -> tuple[Any, Any]:
+        """(student head, teacher head): final norm + LM head as functions of hidden rows."""
+        teacher = self.teacher or self.model
+        return (
+            lambda rows: lm_logits(self.model.hf, rows),
+            lambda rows: lm_logits(teacher.hf, rows),
+        )
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast on the run's device when `dtype` asks for it, else a no-op."""
@@ -201,12 +210,15 @@ class Retrofitter:
             ids = self.data.train[self.order.indices(step, micro)].to(self.device)  # [B, T]
             valid = valid_positions(ids, self.data.eos_id)
             with torch.no_grad(), self._autocast():
-                teacher = self._teacher_logits(ids)
+                teacher = self._teacher_hidden(ids)
             with self._autocast(), recomputed_mlps(self.model.hf, cfg.gradient_checkpointing):
                 out = self.model.forward_train(
-                    ids, noise_seed=noise_seed(cfg.seed, step, micro), tiled=self.tiled_attention
+                    ids,
+                    noise_seed=noise_seed(cfg.seed, step, micro),
+                    tiled=self.tiled_attention,
+                    head=False,
                 )
-            kl = distillation_loss(out.logits, teacher, valid)
+                kl = hidden_kl(*self._heads(), out.logits, teacher, valid)
             dms = compression_loss(out.decisions, target)
             ((kl + dms) / cfg.grad_accum).backward()
             kl_sum += kl.item()
