@@ -157,6 +157,12 @@ def collect_overrides(ctx: click.Context, yaml_keys: set[str]) -> dict[str, Any]
     default=None,
     help="Recompute MLP activations in the backward to save memory.",
 )
+@click.option(
+    "--save-model/--no-save-model",
+    "save_model",
+    default=None,
+    help="Adapter flavour: also write a whole model folder (base + adapters) into --out.",
+)
 @click.pass_context
 def retrofit(ctx: click.Context, **_: Any) -> None:
     """Retrofit DMS onto --model by distilling it into itself on --data; writes --out.

@@ -250,6 +250,7 @@ def build(
             device=dev,
             save_every=0,
             max_eval_blocks=4,
+            save_model=True,  # the demo ships base + adapters as one folder
         ),
         progress=progress,
     )

@@ -30,6 +30,7 @@ RESUMABLE_CHANGES = frozenset(
         "eval_seq_len",
         "heldout_data",
         "gradient_checkpointing",
+        "save_model",
     }
 )
 # Paths that may move between sessions when continuing from a checkpoint folder elsewhere
@@ -54,7 +55,7 @@ _INT_KEYS = frozenset(
 _FLOAT_KEYS = frozenset(
     {"target_cr", "initial_cr", "lr", "tau", "eval_fraction", "save_every_minutes", "max_minutes"}
 )
-_BOOL_KEYS = frozenset({"resume", "gradient_checkpointing"})
+_BOOL_KEYS = frozenset({"resume", "gradient_checkpointing", "save_model"})
 
 
 @dataclass(frozen=True)
@@ -96,6 +97,7 @@ class RetrofitConfig:
     resume_from: str = ""  # continue from this checkpoint folder (e.g. a committed state)
     init_adapters: str = ""  # start a fresh schedule from the adapters in this folder
     threads: int = 0  # torch intra-op threads (0: torch's default)
+    save_model: bool = False  # adapter flavour: also write a whole model folder into out
 
     def __post_init__(self) -> None:
         problems = self.problems()

@@ -380,6 +380,8 @@ class Retrofitter:
         adapters = self.out / ADAPTERS_DIR
         if cfg.flavour == "adapter":
             save_adapter_folder(adapters, self.model)
+            if cfg.save_model:  # a self-contained folder too (base + adapters), e.g. to ship
+                self.model.save_pretrained(self.out)
             served = load_model(self.model_dir, dms=cfg.dms_config(), device=self.device)
             apply_adapter_folder(served, adapters)
         else:

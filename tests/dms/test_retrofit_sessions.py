@@ -250,3 +250,15 @@ def test_train_bench_measures_one_update(tiny, capsys) -> None:
     assert main([*args, "--steps", "1", "--warmup", "0"]) == 0
     row = json.loads(capsys.readouterr().out)
     assert row["attention"] == "tiled" and row["tokens_per_s"] > 0 and row["peak_rss_gb"] > 0
+
+
+def test_save_model_also_writes_a_servable_folder(tiny, tmp_path) -> None:
+    from agentrt.dms import load_model
+
+    model, data = tiny
+    retrofit(make_config(model, data, tmp_path / "a", steps=2, save_model=True), progress=False)
+    served = load_model(tmp_path / "a")
+    assert served.dms.flavour == "adapter"
+    saved, _ = read_adapter_folder(tmp_path / "a/adapters")
+    state = served.hf.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in saved.items())

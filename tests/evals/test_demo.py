@@ -101,7 +101,7 @@ def test_documented_retrofit_step_gives_a_dms_model(pretrained: Path, tmp_path: 
         ["-q", "retrofit", "--model", str(pretrained), "--data", str(data), "--out", str(out),
          "--flavour", "adapter", "--window", "16", "--target-cr", "8", "--steps", "6",
          "--ramp-steps", "3", "--lr", "0.01", "--seq-len", "256", "--device", "cpu",
-         "--save-every", "0", "--max-eval-blocks", "2"],
+         "--save-every", "0", "--max-eval-blocks", "2", "--save-model"],
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     model = load_model(out)
