@@ -87,6 +87,13 @@ def test_the_example_config_is_valid() -> None:
     assert cfg.target_cr == 8.0 and cfg.window == 256 and cfg.tokens_per_step == 32768
 
 
+def test_the_cpu_recipe_of_the_default_model_is_valid() -> None:
+    recipe = Path(__file__).resolve().parents[2] / "examples" / "retrofit-smollm2-cpu.yaml"
+    cfg = load_config(recipe, {**REQUIRED, "heldout_data": ["h.jsonl"]})
+    assert cfg.objective == "layer_local" and cfg.window == 128 and cfg.eval_seq_len == 8192
+    assert cfg.tokens_per_step == 4096 and cfg.threads == 1 and cfg.save_every_minutes == 10
+
+
 def test_cr_schedule_is_linear_then_flat() -> None:
     cfg = RetrofitConfig(**REQUIRED, initial_cr=1.0, target_cr=16.0, ramp_steps=510)
     assert cfg.cr_at(0) == 1.0 and cfg.cr_at(34) == pytest.approx(2.0)
