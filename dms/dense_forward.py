@@ -10,9 +10,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from agentrt.dms.architecture import ArchSpec
+from agentrt.dms.block_attention import dms_tile_attention
 from agentrt.dms.config import DMSConfig
 from agentrt.dms.gating import hard_decisions, logistic_noise, soft_decisions
-from agentrt.dms.masks import expand_to_query_heads, training_bias, visibility_mask
+from agentrt.dms.masks import (
+    expand_to_query_heads,
+    key_flags,
+    training_bias,
+    visibility_mask,
+)
 from agentrt.dms.projections import finish_layer, lm_logits, project_layer, rope_tables
 
 
@@ -33,12 +39,34 @@ class ReferenceOutput:
     decisions: torch.Tensor | None  # [L, B, T, H_kv] bool δ (None when eviction is off)
 
 
+@dataclass
+class SoftKeyMask:
+    """The DMS training mask in factored form: one log(1 − σ(u_{j+1})) per key, plus w.
+
+    `dense_forward` runs it tiled (`dms_tile_attention`), so no [T, T] tensor exists.
+    """
+
+    log_keep: torch.Tensor  # [B, H_kv, T]
+    window: int
+
+    def dense(self, group_size: int) -> torch.Tensor:
+        """The equivalent additive mask [B, H_q, T, T] (for padded batches)."""
+        seq = self.log_keep.shape[-1]
+        idx = torch.arange(seq, device=self.log_keep.device)
+        dist = idx[:, None] - idx[None, :]
+        outside = self.log_keep[:, :, None, :]
+        bias = torch.where(dist > self.window, outside, torch.zeros_like(outside))
+        bias = bias.masked_fill(dist < 0, float("-inf"))
+        return expand_to_query_heads(bias, group_size)
+
+
 # A mask builder gets (decision logits [B, T, H_kv] or None, T, device) and returns an
 # SDPA attn_mask broadcastable to [B, H_q, T, T] (bool: True = attend; float: additive;
-# None = plain causal, run on the fused SDPA path),
+# None = plain causal, run on the fused SDPA path) or a `SoftKeyMask` (run tiled),
 # plus the layer's decisions to report.
 MaskFn = Callable[
-    [torch.Tensor | None, int, torch.device], tuple[torch.Tensor | None, torch.Tensor | None]
+    [torch.Tensor | None, int, torch.device],
+    tuple[torch.Tensor | SoftKeyMask | None, torch.Tensor | None],
 ]
 
 
@@ -58,8 +86,12 @@ def dense_forward(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor | None,
     mask_fn: MaskFn,
+    head: bool = True,
 ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-    """Run every layer densely with masks from mask_fn; returns logits [B, T, V] and decisions."""
+    """Run every layer densely with masks from mask_fn; returns logits [B, T, V] and decisions.
+
+    head=False returns the last residual stream [B, T, hidden] instead (before the final norm).
+    """
     bsz, seq = input_ids.shape
     h = hf_model.model.embed_tokens(input_ids)
     positions = default_positions(attention_mask, bsz, seq, input_ids.device)
@@ -74,6 +106,19 @@ def dense_forward(
         qkv = project_layer(layer, h, cos, sin, arch, dms)
         mask, dec = mask_fn(qkv.logits, seq, h.device)
         decisions.append(dec)
+        if isinstance(mask, SoftKeyMask) and pad is None:
+            out = dms_tile_attention(
+                qkv.q.transpose(1, 2),
+                qkv.k.transpose(1, 2),
+                qkv.v.transpose(1, 2),
+                mask.log_keep,
+                mask.window,
+                scale=layer.self_attn.scaling,
+            )
+            h = finish_layer(layer, h, out.transpose(1, 2).reshape(bsz, seq, -1))
+            continue
+        if isinstance(mask, SoftKeyMask):
+            mask = mask.dense(arch.group_size)
         if mask is None and pad is not None:
             mask = causal_mask(seq, h.device)
         if pad is not None:
@@ -94,7 +139,7 @@ def dense_forward(
                 scale=layer.self_attn.scaling,
             )
         h = finish_layer(layer, h, out.transpose(1, 2).reshape(bsz, seq, -1))
-    return lm_logits(hf_model, h), decisions
+    return (lm_logits(hf_model, h) if head else h), decisions
 
 
 def causal_mask(seq: int, device: torch.device) -> torch.Tensor:
@@ -116,9 +161,13 @@ def reference_mask_fn(arch: ArchSpec, dms: DMSConfig | None) -> MaskFn:
 
 
 def train_mask_fn(
-    arch: ArchSpec, dms: DMSConfig | None, generator: torch.Generator | None, teacher: bool
+    arch: ArchSpec,
+    dms: DMSConfig | None,
+    generator: torch.Generator | None,
+    teacher: bool,
+    tiled: bool = True,
 ) -> MaskFn:
-    """Soft Gumbel-sigmoid masks for training, or causal for the teacher."""
+    """Soft Gumbel-sigmoid masks for training (tiled, or dense [T, T]), or causal for the teacher."""
 
     def build(logits: torch.Tensor | None, seq: int, device: torch.device):
         if teacher or logits is None or dms is None or dms.disable_eviction:
@@ -127,6 +176,9 @@ def train_mask_fn(
         if generator is not None:
             noise = logistic_noise(tuple(logits.shape), generator, logits.device)
         soft = soft_decisions(logits, noise, dms.tau, dms.alpha_per)
+        if tiled:
+            log_keep = F.logsigmoid(-key_flags(soft.u)).transpose(1, 2)  # [B, H_kv, T]
+            return SoftKeyMask(log_keep, dms.window_size), soft.hard
         bias = training_bias(soft.u, dms.window_size)
         return expand_to_query_heads(bias, arch.group_size), soft.hard
 

@@ -75,18 +75,23 @@ class DMSModel(nn.Module):
         *,
         noise_seed: int | None,
         teacher: bool = False,
+        tiled: bool = True,
+        head: bool = True,
     ) -> TrainOutput:
         """Dense training forward: Gumbel-sigmoid decisions, soft mask; teacher=True disables eviction.
 
         input_ids [B, T]; attention_mask [B, T] (1 = token, 0 = pad) or None.
         noise_seed None disables the Gumbel noise (deterministic soft decisions).
+        tiled=False materialises the dense [B, H_q, T, T] soft mask (the reference path).
+        head=False returns the last residual stream [B, T, hidden] in `logits` instead of the
+        logits (the caller applies `lm_logits` in chunks, see `retrofit.loss.hidden_kl`).
         """
         gen = None
         if noise_seed is not None:
             gen = torch.Generator().manual_seed(int(noise_seed))
-        mask_fn = train_mask_fn(self.arch, self.dms, gen, teacher)
+        mask_fn = train_mask_fn(self.arch, self.dms, gen, teacher, tiled)
         logits, decisions = dense_forward(
-            self.hf, self.arch, self.dms, input_ids, attention_mask, mask_fn
+            self.hf, self.arch, self.dms, input_ids, attention_mask, mask_fn, head=head
         )
         if decisions[0] is None:
             return TrainOutput(logits=logits, decisions=None, eviction_fraction=None)

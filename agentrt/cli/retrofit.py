@@ -52,6 +52,43 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
         click.INT,
         "Held-out blocks served for the report (16).",
     ),
+    (
+        "--objective",
+        "objective",
+        click.STRING,
+        "kl (end-to-end KL, default) or layer_local (each layer's attention output).",
+    ),
+    (
+        "--eval-seq-len",
+        "eval_seq_len",
+        click.INT,
+        "Held-out block length for the report (needs --heldout-data; 0: seq_len).",
+    ),
+    (
+        "--save-every-minutes",
+        "save_every_minutes",
+        click.FLOAT,
+        "Also checkpoint once this many minutes passed since the last one (0: off).",
+    ),
+    (
+        "--resume-from",
+        "resume_from",
+        click.STRING,
+        "Continue from this checkpoint folder (adapters + trainer_state.pt), e.g. a committed one.",
+    ),
+    (
+        "--init-adapters",
+        "init_adapters",
+        click.STRING,
+        "Start a fresh schedule from the adapters in this folder (adapter flavour).",
+    ),
+    (
+        "--max-minutes",
+        "max_minutes",
+        click.FLOAT,
+        "Stop with a checkpoint after this many minutes of training (0: off).",
+    ),
+    ("--threads", "threads", click.INT, "Torch CPU threads (0: torch's default)."),
 ]
 
 
@@ -66,8 +103,9 @@ def collect_overrides(ctx: click.Context, yaml_keys: set[str]) -> dict[str, Any]
     """Option values given on the command line, plus env-var model/device the YAML lacks."""
     params = ctx.params
     given = {k: v for k, v in params.items() if v is not None and k != "config"}
-    if params.get("data") == ():
-        given.pop("data", None)
+    for key in ("data", "heldout_data"):
+        if params.get(key) == ():
+            given.pop(key, None)
     for name in ("model", "device"):
         if name in given and setting_source(ctx, name) == "env" and name in yaml_keys:
             given.pop(name)  # the YAML wins over the environment
@@ -83,7 +121,20 @@ def collect_overrides(ctx: click.Context, yaml_keys: set[str]) -> dict[str, Any]
     metavar="PATH",
     help="Text, JSONL (`text`) or chat JSONL (`messages`) file or folder; repeatable.",
 )
-@click.option("--out", "out", default=None, metavar="DIR", help="Output folder (a servable model).")
+@click.option(
+    "--heldout-data",
+    "heldout_data",
+    multiple=True,
+    metavar="PATH",
+    help="Held-out files (a split by document); then every --data block trains. Repeatable.",
+)
+@click.option(
+    "--out",
+    "out",
+    default=None,
+    metavar="DIR",
+    help="Output folder (adapters/ or a model folder, log, checkpoints, report).",
+)
 @click.option(
     "--config",
     "config",
@@ -106,13 +157,21 @@ def collect_overrides(ctx: click.Context, yaml_keys: set[str]) -> dict[str, Any]
     default=None,
     help="Recompute MLP activations in the backward to save memory.",
 )
+@click.option(
+    "--save-model/--no-save-model",
+    "save_model",
+    default=None,
+    help="Adapter flavour: also write a whole model folder (base + adapters) into --out.",
+)
 @click.pass_context
 def retrofit(ctx: click.Context, **_: Any) -> None:
     """Retrofit DMS onto --model by distilling it into itself on --data; writes --out.
 
     Loss per token: KL(student ‖ teacher) at temperature 1, plus max(0, target − evicted
     fraction) with target = 1 − 1/CR(step), CR rising from initial_cr to target_cr over
-    ramp_steps. --out gets an HF model folder that `load_model` serves, a JSONL log,
+    ramp_steps (or, with --objective layer_local, each layer's attention output against the
+    dense one). --out gets adapters/ (adapter flavour: only the adapter tensors, loaded
+    onto the unchanged base) or an HF model folder (q-neuron flavour), a JSONL log,
     checkpoints/ and retrofit_report.json (held-out compression ratio and KL).
     """
     from agentrt.dms.retrofit.config import load_config, read_yaml_options
@@ -130,7 +189,8 @@ def retrofit(ctx: click.Context, **_: Any) -> None:
         if held["compression_ratio"] is not None:
             click.echo(
                 f"held-out: compression ratio {held['compression_ratio']:.2f} "
-                f"(expected ≈ {held['expected_compression_ratio']:.2f} at seq_len {cfg.seq_len}), "
+                f"(expected ≈ {held['expected_compression_ratio']:.2f} at "
+                f"{report['train']['heldout_seq_len']} tokens), "
                 f"KL to teacher {held['kl_to_teacher']:.4f} nats/token"
             )
         click.echo(f"report: {cfg.out}/{REPORT_FILE}")

@@ -1,8 +1,12 @@
-"""Training checkpoints: `out/checkpoints/checkpoint-N/` = a servable model folder + trainer state.
+"""Training checkpoints: `out/checkpoints/checkpoint-N/` = the trained weights + trainer state.
 
-`trainer_state.pt` holds the number of updates done, the optimizer state, the RNG states
-and the run's config. The CR schedule, the data order and the Gumbel noise are pure
-functions of (seed, step, micro-step), so this is all a bit-exact resume needs.
+Adapter flavour: only the adapters (`adapters.safetensors` + `dms_config.json`, the
+shipped-adapter format of `adapter_files`), kilobytes; the frozen base is never copied.
+Q-neuron flavour (every weight trains): a servable model folder.
+`trainer_state.pt` holds the number of updates done (which is also the data position), the
+optimizer state, the RNG states, the run's config and a fingerprint of the training blocks.
+The CR schedule, the data order and the Gumbel noise are pure functions of
+(seed, step, micro-step), so this is all a bit-exact resume needs.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 
 import torch
 
+from agentrt.dms.retrofit.adapter_files import save_adapter_folder
 from agentrt.errors import CheckpointError
 
 STATE_FILE = "trainer_state.pt"
@@ -64,18 +69,27 @@ def save_checkpoint(
     model: Any,
     optimizer: torch.optim.Optimizer,
     config: dict[str, Any],
+    data: dict[str, Any] | None = None,
 ) -> Path:
-    """Write checkpoint-`step` (model folder, then trainer state) via a temp folder and rename."""
+    """Write checkpoint-`step` (weights, then trainer state) via a temp folder and rename.
+
+    Adapter flavour: adapters only; q-neuron flavour: the whole model folder. `data`
+    describes the training blocks (count, fingerprint, samples consumed).
+    """
     final = checkpoint_path(out, step)
     tmp = final.with_name(final.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
-    model.save_pretrained(tmp)
+    if config.get("flavour") == "adapter":
+        save_adapter_folder(tmp, model)
+    else:
+        model.save_pretrained(tmp)
     state = {
         "step": step,
         "optimizer": optimizer.state_dict(),
         "rng": rng_state(),
         "config": config,
+        "data": data or {},
     }
     torch.save(state, tmp / STATE_FILE)
     if final.exists():

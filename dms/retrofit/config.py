@@ -10,13 +10,33 @@ from agentrt.dms.config import DMSConfig
 from agentrt.errors import ConfigError
 
 FLAVOURS = ("adapter", "qneuron")
+OBJECTIVES = ("kl", "layer_local")
 ALPHA_PER = ("head", "layer")
 DTYPES = ("auto", "float32", "bfloat16")
 REQUIRED = ("model", "data", "out")
 # Keys that may differ between a run and its `--resume` (they do not change the math).
 RESUMABLE_CHANGES = frozenset(
-    {"steps", "save_every", "resume", "device", "max_eval_blocks", "gradient_checkpointing"}
+    {
+        "steps",
+        "save_every",
+        "save_every_minutes",
+        "max_minutes",
+        "resume",
+        "resume_from",
+        "init_adapters",
+        "device",
+        "threads",
+        "max_eval_blocks",
+        "eval_seq_len",
+        "heldout_data",
+        "gradient_checkpointing",
+        "save_model",
+    }
 )
+# Paths that may move between sessions when continuing from a checkpoint folder elsewhere
+# (`resume_from`): the corpus is rebuilt and the model re-resolved; the training blocks'
+# fingerprint is checked instead.
+RELOCATABLE = frozenset({"model", "data"})
 _INT_KEYS = frozenset(
     {
         "window",
@@ -28,10 +48,14 @@ _INT_KEYS = frozenset(
         "seed",
         "save_every",
         "max_eval_blocks",
+        "eval_seq_len",
+        "threads",
     }
 )
-_FLOAT_KEYS = frozenset({"target_cr", "initial_cr", "lr", "tau", "eval_fraction"})
-_BOOL_KEYS = frozenset({"resume", "gradient_checkpointing"})
+_FLOAT_KEYS = frozenset(
+    {"target_cr", "initial_cr", "lr", "tau", "eval_fraction", "save_every_minutes", "max_minutes"}
+)
+_BOOL_KEYS = frozenset({"resume", "gradient_checkpointing", "save_model"})
 
 
 @dataclass(frozen=True)
@@ -65,6 +89,15 @@ class RetrofitConfig:
     eval_fraction: float = 0.05  # share of packed blocks held out (at least one)
     max_eval_blocks: int = 16  # held-out blocks served for the report
     gradient_checkpointing: bool = False  # recompute MLP activations in the backward
+    objective: str = "kl"  # kl: end-to-end KL to the dense model; layer_local: per-layer MSE
+    heldout_data: tuple[str, ...] = ()  # held-out files (then every `data` block trains)
+    eval_seq_len: int = 0  # held-out block length for the report (0: seq_len)
+    save_every_minutes: float = 0.0  # also checkpoint after an update once this much time passed
+    max_minutes: float = 0.0  # stop (with a checkpoint) after this much training time (0: off)
+    resume_from: str = ""  # continue from this checkpoint folder (e.g. a committed state)
+    init_adapters: str = ""  # start a fresh schedule from the adapters in this folder
+    threads: int = 0  # torch intra-op threads (0: torch's default)
+    save_model: bool = False  # adapter flavour: also write a whole model folder into out
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -106,18 +139,25 @@ class RetrofitConfig:
         return self.batch_size * self.grad_accum * self.seq_len
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain values (data as a list), for JSON/YAML."""
+        """Plain values (path tuples as lists), for JSON/YAML."""
         values = asdict(self)
         values["data"] = list(self.data)
+        values["heldout_data"] = list(self.heldout_data)
         return values
 
-    def resume_mismatches(self, saved: dict[str, Any]) -> list[str]:
-        """Keys whose value differs from a checkpoint's config in a way resuming cannot allow."""
+    def resume_mismatches(self, saved: dict[str, Any], relocated: bool = False) -> list[str]:
+        """Keys whose value differs from a checkpoint's config in a way resuming cannot allow.
+
+        relocated: the checkpoint comes from `resume_from`, so model and data paths may differ.
+        Keys the checkpoint predates are compared with their defaults.
+        """
         mine = self.to_dict()
+        defaults = {f.name: f.default for f in fields(self)}
+        allowed = RESUMABLE_CHANGES | ({"out"} | (RELOCATABLE if relocated else set()))
         return sorted(
-            f"{k}: checkpoint {saved.get(k)!r}, now {mine[k]!r}"
+            f"{k}: checkpoint {saved.get(k, defaults.get(k))!r}, now {mine[k]!r}"
             for k in mine
-            if k not in RESUMABLE_CHANGES and k != "out" and saved.get(k) != mine[k]
+            if k not in allowed and _norm(saved.get(k, defaults.get(k))) != _norm(mine[k])
         )
 
     @classmethod
@@ -162,9 +202,20 @@ def config_problems(v: dict[str, Any]) -> list[tuple[str, str]]:
         for key in REQUIRED
         if not v[key]
     ]
-    if not isinstance(v["data"], tuple) or not all(isinstance(p, str) for p in v["data"]):
-        bad("data", "must be a list of paths")
-    for key in ("model", "out", "flavour", "alpha_per", "dtype", "device"):
+    for key in ("data", "heldout_data"):
+        if not isinstance(v[key], tuple) or not all(isinstance(p, str) for p in v[key]):
+            bad(key, "must be a list of paths")
+    for key in (
+        "model",
+        "out",
+        "flavour",
+        "alpha_per",
+        "dtype",
+        "device",
+        "objective",
+        "resume_from",
+        "init_adapters",
+    ):
         if not isinstance(v[key], str):
             bad(key, "must be a string")
     for key in sorted(_INT_KEYS):
@@ -180,6 +231,22 @@ def config_problems(v: dict[str, Any]) -> list[tuple[str, str]]:
         return missing + out  # the range checks below assume the types are right
     if v["flavour"] not in FLAVOURS:
         bad("flavour", f"must be one of {', '.join(FLAVOURS)}")
+    if v["objective"] not in OBJECTIVES:
+        bad("objective", f"must be one of {', '.join(OBJECTIVES)}")
+    elif v["objective"] == "layer_local" and v["flavour"] != "adapter":
+        bad("objective", "layer_local trains adapters only (flavour: adapter)")
+    if v["init_adapters"] and v["flavour"] != "adapter":
+        bad("init_adapters", "needs flavour: adapter")
+    if v["init_adapters"] and v["resume_from"]:
+        bad("init_adapters", "cannot be combined with resume_from (which brings its adapters)")
+    for key in ("eval_seq_len", "threads"):
+        if v[key] < 0:
+            bad(key, "must be ≥ 0")
+    if v["eval_seq_len"] and not v["heldout_data"]:
+        bad("eval_seq_len", "needs heldout_data (held-out files packed at that length)")
+    for key in ("save_every_minutes", "max_minutes"):
+        if v[key] < 0:
+            bad(key, "must be ≥ 0")
     if v["alpha_per"] not in ALPHA_PER:
         bad("alpha_per", f"must be one of {', '.join(ALPHA_PER)}")
     if v["dtype"] not in DTYPES:
@@ -212,6 +279,11 @@ def config_problems(v: dict[str, Any]) -> list[tuple[str, str]]:
     return missing + out
 
 
+def _norm(value: Any) -> Any:
+    """Tuples as lists, so a saved JSON list equals the config's tuple."""
+    return list(value) if isinstance(value, tuple) else value
+
+
 def _locator(source: str | None, lines: dict[str, int]):
     """A function key → 'file line N: ' prefix for messages (empty when unknown)."""
 
@@ -225,13 +297,13 @@ def _locator(source: str | None, lines: dict[str, int]):
 
 def _coerce(key: str, value: Any) -> Any:
     """Gentle type fixes: data as a tuple of str, ints for float keys, paths as str."""
-    if key == "data":
+    if key in ("data", "heldout_data"):
         if isinstance(value, str | Path):
             return (str(value),)
         if isinstance(value, list | tuple):
             return tuple(str(v) if isinstance(v, Path) else v for v in value)
         return value
-    if key in ("model", "out") and isinstance(value, Path):
+    if key in ("model", "out", "resume_from", "init_adapters") and isinstance(value, Path):
         return str(value)
     if key in _FLOAT_KEYS and isinstance(value, int) and not isinstance(value, bool):
         return float(value)

@@ -8,11 +8,14 @@ A folder stands for the files directly inside it (sorted). Documents are tokenis
 followed by EOS, concatenated in file order and cut into blocks of exactly `seq_len`
 tokens (the tail that does not fill a block is dropped). Blocks are shuffled with the seed
 and the first `max(1, round(eval_fraction · blocks))` are held out (one is always
-left to train on).
+left to train on). With separate held-out files (`heldout`) every block of the data trains
+and the held-out files are packed on their own (at `eval_seq_len` when given): a split by
+document, as the corpus script writes it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -36,6 +39,12 @@ class TokenData:
     documents: int  # documents read
     tokens: int  # tokens read (before dropping the tail)
     files: list[str] = field(default_factory=list)
+
+    def fingerprint(self) -> str:
+        """sha256 (16 hex digits) of the training blocks: equal blocks, equal data positions."""
+        digest = hashlib.sha256(self.train.numpy().tobytes())
+        digest.update(str(tuple(self.train.shape)).encode())
+        return digest.hexdigest()[:16]
 
     def __repr__(self) -> str:
         return (
@@ -142,15 +151,10 @@ def split_blocks(
     return blocks[perm[n_eval:]], blocks[perm[:n_eval]]
 
 
-def prepare_data(
-    paths: tuple[str, ...] | list[str],
-    tokenizer: Any,
-    *,
-    seq_len: int,
-    eval_fraction: float,
-    seed: int,
-) -> TokenData:
-    """Read, tokenise, pack and split the data; TaskFileError when it is empty or too small."""
+def read_stream(
+    paths: tuple[str, ...] | list[str], tokenizer: Any
+) -> tuple[torch.Tensor, int, list[Path]]:
+    """(token stream, documents, files) of the files `paths` name: EOS-terminated documents."""
     if tokenizer is None:
         raise TaskFileError("the model folder has no tokenizer, so the data cannot be tokenised")
     files = expand_paths(paths)
@@ -161,25 +165,69 @@ def prepare_data(
             ids = tokenize_document(tokenizer, text, chat, eos_id)
             parts.append(torch.tensor(ids, dtype=torch.int64))
     stream = torch.cat(parts) if parts else torch.zeros(0, dtype=torch.int64)
-    names = ", ".join(str(p) for p in files[:3]) + (" …" if len(files) > 3 else "")
     if stream.numel() == 0:
+        names = ", ".join(str(p) for p in files[:3]) + (" …" if len(files) > 3 else "")
         raise TaskFileError(
             f"the data holds no text ({names})", hint="pass non-empty text or JSONL files"
         )
+    return stream, len(parts), files
+
+
+def pack_blocks(stream: torch.Tensor, seq_len: int, need: int, what: str) -> torch.Tensor:
+    """Cut a stream into [N, seq_len] blocks (tail dropped); TaskFileError when N < need."""
     n_blocks = len(stream) // seq_len
-    if n_blocks < 2:
+    if n_blocks < need:
+        raise TaskFileError(
+            f"the {what} has {len(stream)} tokens, enough for {n_blocks} block(s) of "
+            f"{seq_len} tokens; at least {need} are needed",
+            hint="add data or lower seq_len",
+        )
+    return stream[: n_blocks * seq_len].view(n_blocks, seq_len)
+
+
+def prepare_data(
+    paths: tuple[str, ...] | list[str],
+    tokenizer: Any,
+    *,
+    seq_len: int,
+    eval_fraction: float,
+    seed: int,
+    heldout: tuple[str, ...] | list[str] = (),
+    eval_seq_len: int = 0,
+) -> TokenData:
+    """Read, tokenise, pack and split the data; TaskFileError when it is empty or too small.
+
+    Without `heldout` the blocks are split with `eval_fraction`; with it, every data block
+    trains and the held-out files are packed at `eval_seq_len` (0: seq_len).
+    """
+    stream, documents, files = read_stream(paths, tokenizer)
+    eos_id = getattr(tokenizer, "eos_token_id", None)
+    if heldout:
+        train = pack_blocks(stream, seq_len, 1, "training data")
+        held_stream, held_docs, held_files = read_stream(heldout, tokenizer)
+        held = pack_blocks(held_stream, eval_seq_len or seq_len, 1, "held-out data")
+        return TokenData(
+            train=train,
+            heldout=held,
+            eos_id=eos_id,
+            documents=documents + held_docs,
+            tokens=int(stream.numel() + held_stream.numel()),
+            files=[str(p) for p in files + held_files],
+        )
+    if len(stream) // seq_len < 2:
+        n_blocks = len(stream) // seq_len
         raise TaskFileError(
             f"the data has {len(stream)} tokens, enough for {n_blocks} block(s) of "
             f"seq_len={seq_len}; at least 2 are needed (one to train on, one held out)",
             hint="add data or lower seq_len",
         )
-    blocks = stream[: n_blocks * seq_len].view(n_blocks, seq_len)
-    train, heldout = split_blocks(blocks, eval_fraction, seed)
+    blocks = pack_blocks(stream, seq_len, 2, "data")
+    train, held = split_blocks(blocks, eval_fraction, seed)
     return TokenData(
         train=train,
-        heldout=heldout,
+        heldout=held,
         eos_id=eos_id,
-        documents=len(parts),
+        documents=documents,
         tokens=int(stream.numel()),
         files=[str(p) for p in files],
     )

@@ -10,6 +10,7 @@ mean of the straight-through hard decisions over layers, KV heads and all positi
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +72,39 @@ def distillation_loss(
     kl = token_kl(student, teacher)
     weight = valid.to(kl.dtype)
     return (kl * weight).sum() / weight.sum().clamp(min=1)
+
+
+def hidden_kl(
+    student_head: Callable[[torch.Tensor], torch.Tensor],
+    teacher_head: Callable[[torch.Tensor], torch.Tensor],
+    student: torch.Tensor,
+    teacher: torch.Tensor,
+    valid: torch.Tensor,
+    chunk_rows: int = KL_CHUNK_ROWS // 2,
+) -> torch.Tensor:
+    """`distillation_loss` from last hidden states [B, T, hidden]: heads → logits chunk by chunk.
+
+    Neither model's [B, T, V] logits ever exist: each chunk of rows is projected by its
+    model's head (final norm + LM head), compared and dropped; with gradients on, the
+    student's chunk is recomputed in the backward.
+    """
+    s = student.reshape(-1, student.shape[-1])
+    t = teacher.reshape(-1, teacher.shape[-1]).detach()
+    w = valid.reshape(-1).to(torch.float32)
+
+    def rows(s_rows: torch.Tensor, t_rows: torch.Tensor, w_rows: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            t_logits = teacher_head(t_rows)
+        return (_kl_rows(student_head(s_rows), t_logits) * w_rows).sum()
+
+    total = student.new_zeros((), dtype=torch.float32)
+    for i in range(0, s.shape[0], chunk_rows):
+        part = (s[i : i + chunk_rows], t[i : i + chunk_rows], w[i : i + chunk_rows])
+        if s.requires_grad:
+            total = total + checkpoint(rows, *part, use_reentrant=False)
+        else:
+            total = total + rows(*part)
+    return total / w.sum().clamp(min=1)
 
 
 def eviction_fractions(decisions: torch.Tensor) -> torch.Tensor:

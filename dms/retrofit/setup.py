@@ -51,6 +51,12 @@ def check_model_config(model_dir: Path, cfg: RetrofitConfig) -> Any:
             f"(max_position_embeddings={context})",
             hint=f"use seq_len ≤ {context}",
         )
+    if context and cfg.eval_seq_len > context:
+        raise ConfigError(
+            f"eval_seq_len={cfg.eval_seq_len} is longer than the model's context "
+            f"(max_position_embeddings={context})",
+            hint=f"use eval_seq_len ≤ {context}",
+        )
     return hf_config
 
 

@@ -43,7 +43,8 @@ def test_a_run_end_to_end_with_yaml_and_flags(tiny, tmp_path: Path) -> None:
     assert report["steps"] == 4, "the flag wins over the YAML"
     assert report["config"]["window"] == 4 and report["config"]["data"] == [str(data)]
     assert report["heldout"]["blocks"] == 2 and report["heldout"]["compression_ratio"] >= 1
-    assert (out / "config.json").is_file() and (out / "model.safetensors").is_file()
+    assert (out / "adapters" / "adapters.safetensors").is_file()
+    assert not (out / "model.safetensors").exists(), "adapter runs save only the adapters"
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == [
         "checkpoint-2",
         "checkpoint-4",

@@ -24,6 +24,7 @@ from agentrt.dms.dense_forward import dense_forward
 from agentrt.dms.gating import hard_decisions
 from agentrt.dms.masks import expand_to_query_heads, visibility_mask
 from agentrt.dms.retrofit import REPORT_FILE, RetrofitConfig, Retrofitter, retrofit
+from agentrt.dms.retrofit.adapter_files import apply_adapter_folder
 from agentrt.dms.retrofit.checkpoint import list_checkpoints
 from agentrt.dms.retrofit.data import prepare_data
 from agentrt.dms.retrofit.loss import token_kl, valid_positions
@@ -198,16 +199,26 @@ def test_learned_decisions_beat_random_ones_at_the_same_rate(adapter_run) -> Non
 
 
 def test_adapter_flavour_leaves_the_base_weights_untouched(adapter_run, tiny) -> None:
+    """Only the adapters train, and only they are written: out/adapters/ holds no base tensor."""
     run, _ = adapter_run
     before = load_file(str(tiny[0] / "model.safetensors"))
-    after = load_file(str(run.out / "model.safetensors"))
-    assert set(after) - set(before) == {k for k in after if ADAPTER_MARKER in k}
+    state = run.model.hf.state_dict()
     for name, tensor in before.items():
-        assert torch.equal(after[name], tensor), f"base weight {name} changed"
-    proj = [k for k in after if k.endswith("dms_proj_alpha.weight")]
-    assert len(proj) == 2 and all(after[k].abs().sum() > 0 for k in proj)
+        assert torch.equal(state[name], tensor), f"base weight {name} changed"
+    saved = load_file(str(run.out / "adapters" / "adapters.safetensors"))
+    assert set(saved) == {k for k in state if ADAPTER_MARKER in k}
+    proj = [k for k in saved if k.endswith("dms_proj_alpha.weight")]
+    assert len(proj) == 2 and all(saved[k].abs().sum() > 0 for k in proj)
+    assert all(saved[k].dtype == torch.float32 for k in saved)
+    assert not list(run.out.rglob("model.safetensors")), "the base is never copied"
     trainable = {n for n, p in run.model.hf.named_parameters() if p.requires_grad}
     assert trainable and all(ADAPTER_MARKER in n for n in trainable)
+    dms = json.loads((run.out / "adapters" / "dms_config.json").read_text())
+    assert dms["dms_separate_alpha"] is True and dms["dms_window_size"] == 4
+    assert dms["measured_cr"] == pytest.approx(
+        json.loads((run.out / REPORT_FILE).read_text())["heldout"]["compression_ratio"]
+    )
+    assert (run.out / "adapters" / REPORT_FILE).is_file()
 
 
 def test_report_matches_serving_the_saved_folder(adapter_run) -> None:
@@ -215,7 +226,8 @@ def test_report_matches_serving_the_saved_folder(adapter_run) -> None:
     run, report = adapter_run
     on_disk = json.loads((run.out / REPORT_FILE).read_text())
     assert on_disk["heldout"] == report["heldout"]
-    served = load_model(run.out)
+    served = load_model(run.cfg.model, dms=run.cfg.dms_config())
+    apply_adapter_folder(served, run.out / "adapters")
     assert served.dms == run.cfg.dms_config() and served.evicting
     data = prepare_data(
         run.cfg.data, served.tokenizer, seq_len=64, eval_fraction=0.1, seed=run.cfg.seed
@@ -245,11 +257,23 @@ def test_report_matches_serving_the_saved_folder(adapter_run) -> None:
     assert report["steps"] == 40 and report["schedule"]["final_cr_target"] == 2.0
 
 
-def test_checkpoints_are_servable_model_folders(adapter_run) -> None:
+def test_checkpoints_hold_adapters_and_trainer_state_only(adapter_run) -> None:
+    """checkpoint-N = adapters + dms_config + trainer_state (kilobytes); it loads onto the base."""
     run, _ = adapter_run
     found = list_checkpoints(run.out)
     assert [step for step, _ in found] == [20, 40]
-    model = load_model(found[0][1])
+    folder = found[0][1]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "adapters.safetensors",
+        "dms_config.json",
+        "trainer_state.pt",
+    ]
+    assert sum(p.stat().st_size for p in folder.iterdir()) < 100_000
+    state = torch.load(folder / "trainer_state.pt", weights_only=True)
+    assert state["step"] == 20 and state["data"]["samples_consumed"] == 20 * 4
+    assert state["data"]["fingerprint"] == run.data.fingerprint()
+    model = load_model(run.cfg.model, dms=run.cfg.dms_config())
+    apply_adapter_folder(model, folder)
     assert model.dms.flavour == "adapter"
     ids = run.data.heldout[0]
     logits, stats = serve_block(model, ids)
@@ -297,8 +321,9 @@ def test_resume_is_bit_exact(tiny, tmp_path, flavour: str) -> None:
     retrofit(make_config(model, data, tmp_path / "b", **{**common, "steps": 3}), progress=False)
     resumed = make_config(model, data, tmp_path / "b", **common, resume=True)
     report = retrofit(resumed, progress=False)
-    a = load_file(str(tmp_path / "a" / "model.safetensors"))
-    b = load_file(str(tmp_path / "b" / "model.safetensors"))
+    weights = "adapters/adapters.safetensors" if flavour == "adapter" else "model.safetensors"
+    a = load_file(str(tmp_path / "a" / weights))
+    b = load_file(str(tmp_path / "b" / weights))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a), "weights differ after resume"
     log_a, log_b = read_log(tmp_path / "a"), read_log(tmp_path / "b")

@@ -44,6 +44,9 @@ def tokenizer():
         ("steps", "many", "steps='many' must be an integer"),
         ("eval_fraction", 1.0, "eval_fraction=1.0 must be between 0 and 1"),
         ("device", "tpu", "device='tpu' must be auto, cpu, cuda or cuda:N"),
+        ("objective", "mse", "objective='mse' must be one of kl, layer_local"),
+        ("max_minutes", -1.0, "max_minutes=-1.0 must be ≥ 0"),
+        ("heldout_data", "held.txt", "heldout_data='held.txt' must be a list of paths"),
     ],
 )
 def test_invalid_values_name_key_and_value(key: str, value: object, needle: str) -> None:
@@ -82,6 +85,13 @@ def test_the_example_config_is_valid() -> None:
     example = Path(__file__).resolve().parents[2] / "examples" / "retrofit.yaml"
     cfg = load_config(example, dict(REQUIRED))
     assert cfg.target_cr == 8.0 and cfg.window == 256 and cfg.tokens_per_step == 32768
+
+
+def test_the_cpu_recipe_of_the_default_model_is_valid() -> None:
+    recipe = Path(__file__).resolve().parents[2] / "examples" / "retrofit-smollm2-cpu.yaml"
+    cfg = load_config(recipe, {**REQUIRED, "heldout_data": ["h.jsonl"]})
+    assert cfg.objective == "layer_local" and cfg.window == 128 and cfg.eval_seq_len == 8192
+    assert cfg.tokens_per_step == 4096 and cfg.threads == 1 and cfg.save_every_minutes == 10
 
 
 def test_cr_schedule_is_linear_then_flat() -> None:
@@ -189,3 +199,21 @@ def test_split_is_disjoint_and_batches_cover_each_epoch() -> None:
         assert sorted(seen[epoch * 7 : epoch * 7 + 7]) == list(range(7))
     fresh = BatchOrder(num_blocks=7, batch_size=2, grad_accum=2, seed=5)
     assert fresh.indices(5, 1) == order.indices(5, 1), "a pure function of (step, micro)"
+
+
+def test_hidden_kl_equals_the_kl_of_full_logits() -> None:
+    """Chunked head + KL from hidden states = distillation_loss on materialised logits."""
+    from agentrt.dms.retrofit.loss import hidden_kl
+
+    gen = torch.Generator().manual_seed(0)
+    head_s = torch.nn.Linear(8, 50)
+    head_t = torch.nn.Linear(8, 50)
+    hs = torch.randn(2, 37, 8, generator=gen, requires_grad=True)
+    ht = torch.randn(2, 37, 8, generator=gen)
+    valid = torch.rand(2, 37, generator=gen) > 0.2
+    full = distillation_loss(head_s(hs), head_t(ht), valid)
+    (g_full,) = torch.autograd.grad(full, hs)
+    chunked = hidden_kl(head_s, head_t, hs, ht, valid, chunk_rows=10)
+    (g_chunk,) = torch.autograd.grad(chunked, hs)
+    torch.testing.assert_close(chunked, full, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(g_chunk, g_full, rtol=1e-4, atol=1e-7)
