@@ -81,3 +81,16 @@ def test_sixteen_clients_on_four_sessions_of_budget(tmp_path):
         assert _ask(client, PROMPTS[1]) == expected[1]
     finally:
         server.stop()
+
+
+def test_bench_server_measures_both_modes(tmp_path):
+    from agentrt.bench.server_bench import format_table, run_server_bench
+
+    homes = iter([tmp_path / "s", tmp_path / "r"])
+    result = run_server_bench(lambda: make_engine(next(homes)), turns=4, max_tokens=3)
+    sessions, resend = result["sessions"], result["resend"]
+    assert len(sessions["turns"]) == len(resend["turns"]) == 4
+    # sessions prefill only each new turn; re-sending prefills the whole growing history
+    assert sessions["prefilled_tokens"] < resend["prefilled_tokens"]
+    assert resend["turns"][-1]["prefilled"] == resend["turns"][-1]["input"]
+    assert "resend / sessions" in format_table(result)
