@@ -212,7 +212,7 @@ def _describe(svc: Service, s: Any) -> dict[str, Any]:
         "kind": kind,
         "state": state,
         "tokens": st.get("tokens", len(s.tokens)),
-        "kv_bytes": st.get("bytes", 0),
+        "kv_bytes": st.get("kv_bytes", 0),
         "compression_ratio": st.get("compression_ratio"),
         "prefill_tokens": st["prefill_tokens"],
         "decode_tokens": st["decode_tokens"],
