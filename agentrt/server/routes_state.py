@@ -93,14 +93,27 @@ def _start(
         prep, messages, in_place = svc.continue_at(
             name, point["position"], point["messages"], new, max_tokens
         )
-        if in_place:
-            return prep, name, messages, len(point["messages"])
-        return prep, None, messages, len(point["messages"])
+        if not in_place:  # a branch: its own owned session, so the new response is a point too
+            prep = _own(svc, prep)
+        return prep, prep.session.name, messages, len(point["messages"])
     session = svc.open_owned(name)
     fmt = ChatFormat(svc.engine.tokenizer)
     base = held_ids(session)[: point["position"]]
     delta = fmt.delta(base, point["messages"], new)
     return svc.prepare(base + delta.ids, max_tokens), None, point["messages"] + new, 0
+
+
+def _own(svc: Service, prep: Prepared) -> Prepared:
+    """Move a prepared request session into a new owned, uniquely named session (CoW fork)."""
+    try:
+        owned = svc.engine.fork(prep.session, f"resp-{uuid.uuid4().hex[:16]}")
+    except BaseException:
+        svc.finish(prep, keep=False)
+        raise
+    svc.engine.close_session(prep.session)
+    svc.owned.add(owned.name)
+    svc.claim(owned.name)
+    return Prepared(owned, prep.prompt_tokens, prep.cached_tokens, prep.blocks)
 
 
 @router.post("/v1/responses")

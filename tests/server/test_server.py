@@ -175,6 +175,27 @@ def test_responses_chain_prefills_only_new_tokens_and_survives_a_restart(tmp_pat
             r3.usage.input_tokens_details.cached_tokens
             == r2.usage.input_tokens_details.cached_tokens
         )
+        r4 = client.responses.create(
+            model=MODEL,
+            input="And?",
+            max_output_tokens=4,
+            temperature=0,
+            previous_response_id=r3.id,
+        )
+        assert r4.model_extra["session"] == r3.model_extra["session"] != r1.model_extra["session"]
+        u3 = r3.usage
+        assert r4.usage.input_tokens_details.cached_tokens == u3.input_tokens + u3.output_tokens - 1
+        # a named conversation is a named session, continued turn after turn
+        c1 = client.responses.create(
+            model=MODEL, input="Hi", max_output_tokens=4, conversation="notes"
+        )
+        c2 = client.responses.create(
+            model=MODEL, input="Again", max_output_tokens=4, conversation="notes"
+        )
+        assert c1.model_extra["session"] == c2.model_extra["session"] == "notes"
+        assert c2.usage.input_tokens_details.cached_tokens == (
+            c1.usage.input_tokens + c1.usage.output_tokens - 1
+        )
         more = client.responses.create(
             model=MODEL,
             input="Go on",
