@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import httpx
 import pytest
@@ -264,7 +265,8 @@ def test_models_and_sessions_routes(live):
     assert httpx.delete(f"{live.url}/v1/sessions/copy-1", timeout=30).json()["deleted"] is True
 
 
-def test_api_key_guards_every_route(tmp_path):
+def test_api_key_guards_every_route(tmp_path, caplog):
+    caplog.set_level("DEBUG")
     server = LiveServer(make_engine(tmp_path), api_key="s3cret")
     try:
         for headers in ({}, {"Authorization": "Bearer wrong"}):
@@ -273,5 +275,21 @@ def test_api_key_guards_every_route(tmp_path):
             r = httpx.get(f"{server.url}/v1/sessions", headers=headers, timeout=30)
             assert r.status_code == 401
         assert [m.id for m in server.client(api_key="s3cret").models.list()] == [MODEL]
+    finally:
+        server.stop()
+    assert "s3cret" not in caplog.text and "Bearer wrong" not in caplog.text
+
+
+def test_request_timeout_is_504_and_frees_its_reservation(tmp_path):
+    server = LiveServer(make_engine(tmp_path), request_timeout=0.001)
+    try:
+        body = {"model": MODEL, "messages": ASK, "max_tokens": 50, "temperature": 0}
+        r = httpx.post(f"{server.url}/v1/chat/completions", json=body, timeout=30)
+        assert r.status_code == 504 and r.json()["error"]["code"] == "timeout"
+        service = server.app.state.service
+        deadline = time.monotonic() + 10
+        while service._reserved and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert service._reserved == 0
     finally:
         server.stop()
