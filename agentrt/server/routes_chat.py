@@ -19,7 +19,7 @@ from agentrt.errors import AgentRTError
 from agentrt.server.app import parse_body, run, service_of, tokens
 from agentrt.server.errors import APIError, from_agentrt, internal
 from agentrt.server.schemas import ChatCompletionRequest, ChatMessage, NamedToolChoice, TextPart
-from agentrt.server.service import Service
+from agentrt.server.service import Prepared, Service
 from agentrt.tools import ToolCall, parse_tool_calls
 
 router = APIRouter()
@@ -187,11 +187,12 @@ def usage(prompt: int, completion: int, cached: int) -> dict[str, Any]:
 
 
 async def generate_choice(
-    job: Job, i: int, request: Request
+    job: Job, i: int, request: Request, prep: Prepared | None = None
 ) -> AsyncIterator[int | tuple[Any, ...]]:
     """Token ids of choice i, then one ("done", cached) tuple once the session is settled."""
     svc = job.svc
-    prep = await run(svc, svc.prepare, job.ids, job.max_tokens)
+    if prep is None:
+        prep = await run(svc, svc.prepare, job.ids, job.max_tokens)
     try:
         stream = await run(svc, lambda: prep.session.generate(params=job.params(i)))
     except BaseException:
@@ -218,8 +219,9 @@ async def chat_completions(request: Request) -> Any:
     svc = service_of(request)
     body = await parse_body(request, ChatCompletionRequest)
     job = Job(svc, body)
-    if body.stream:
-        return StreamingResponse(stream_chat(job, request), media_type="text/event-stream")
+    if body.stream:  # admission errors (429, 400) come before the 200 status line
+        first = await run(svc, svc.prepare, job.ids, job.max_tokens)
+        return StreamingResponse(stream_chat(job, request, first), media_type="text/event-stream")
     choices, completion, cached = [], 0, 0
     for i in range(body.n):
         ids: list[int] = []
@@ -245,11 +247,12 @@ async def chat_completions(request: Request) -> Any:
     )
 
 
-async def stream_chat(job: Job, request: Request) -> AsyncIterator[str]:
+async def stream_chat(job: Job, request: Request, first: Prepared) -> AsyncIterator[str]:
     """SSE chunks: role, content deltas (tool calls in one chunk at the end), finish, usage, [DONE]."""
     svc = job.svc
     completion, cached = 0, 0
     hold = max((len(s) for s in job.stop_strings), default=1) - 1
+    handed = False  # whether generate_choice took over `first` (it settles it however it ends)
     try:
         for i in range(job.body.n):
             yield job.chunk(
@@ -258,7 +261,8 @@ async def stream_chat(job: Job, request: Request) -> AsyncIterator[str]:
             detok = IncrementalDetokenizer(svc.engine.tokenizer)
             ids: list[int] = []
             text, sent = job.prefix, 0
-            async for item in generate_choice(job, i, request):
+            handed = True
+            async for item in generate_choice(job, i, request, first if i == 0 else None):
                 if isinstance(item, tuple):
                     cached = item[1] if i == 0 else cached
                     continue
@@ -306,4 +310,7 @@ async def stream_chat(job: Job, request: Request) -> AsyncIterator[str]:
         yield f"data: {json.dumps(from_agentrt(err).body())}\n\n"
     except Exception as err:  # noqa: BLE001 - the status line is sent: report in the stream
         yield f"data: {json.dumps(internal(err).body())}\n\n"
+    finally:
+        if not handed:  # cancelled before the first choice started
+            svc.executor.submit(svc.finish, first, keep=False)
     yield "data: [DONE]\n\n"

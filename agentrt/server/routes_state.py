@@ -275,7 +275,7 @@ async def delete_session(request: Request, sid: str) -> dict[str, Any]:
 
     def close() -> dict[str, Any]:
         s = _get(svc, sid)
-        if s.name in svc._busy or s.active is not None:
+        if svc.is_busy(s.name) or s.active is not None:
             raise APIError(409, f"session {sid!r} is running a request", code="session_busy")
         svc.index.remove(s.id)
         svc.engine.close_session(s)

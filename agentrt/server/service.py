@@ -224,6 +224,11 @@ class Service:
                 )
             self._busy.add(name)
 
+    def is_busy(self, name: str) -> bool:
+        """Whether a request runs on the owned session `name`."""
+        with self._cond:
+            return name in self._busy
+
     def unclaim(self, name: str) -> None:
         """Undo `claim`."""
         with self._cond:
@@ -238,7 +243,7 @@ class Service:
         session = self.open_owned(name)
         fmt = ChatFormat(self.engine.tokenizer)
         ids = held_ids(session)
-        if session.position == position and name not in self._busy:
+        if session.position == position and not self.is_busy(name):
             self.claim(name)
             try:
                 delta = fmt.delta(ids, messages, new)
