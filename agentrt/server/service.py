@@ -150,10 +150,14 @@ class Service:
         blocks = self.admit(len(ids) + max_tokens)
         try:
             entry = self.index.longest(ids)
+            child = None
             if entry is not None:
-                child = self.engine.fork(entry.session)
-                cached, held = entry.cached, len(entry.ids)
-            else:
+                try:
+                    child = self.engine.fork(entry.session)
+                    cached, held = entry.cached, len(entry.ids)
+                except SessionError:  # evicted and closed meanwhile: start afresh
+                    child = None
+            if child is None:
                 child = self.engine.new_session()
                 cached, held = 0, 0
         except BaseException:
