@@ -115,3 +115,65 @@ def kernels(batches: str, contexts: str, crs: str, out: Path) -> None:
     (out / "kernels.json").write_text(json.dumps(result, indent=2))
     click.echo(format_table(result))
     click.echo(f"wrote {out / 'kernels.json'}")
+
+
+@bench.command("server")
+@model_option
+@dms_option
+@device_option
+@click.option(
+    "--turns", default=50, show_default=True, type=click.IntRange(min=1), help="Conversation turns."
+)
+@click.option(
+    "--max-tokens",
+    default=16,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Answer tokens per turn.",
+)
+@click.option(
+    "--kv-budget",
+    default="1GiB",
+    show_default=True,
+    envvar="AGENTRT_KV_BUDGET",
+    help="KV pool size.",
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True
+)
+@click.pass_context
+def server(
+    ctx: click.Context,
+    turns: int,
+    max_tokens: int,
+    kv_budget: str,
+    out: Path,
+    dms_mode: str,
+    **_: object,
+) -> None:
+    """Turn latency of a long conversation through `agentrt serve`: sessions vs re-sent history."""
+    import tempfile
+
+    from agentrt.bench.server_bench import format_table, run_server_bench
+    from agentrt.engine import Engine, resolve_device
+    from agentrt.models.resolve import load_resolved
+
+    settings = resolve_settings(ctx)
+    model = load_resolved(
+        settings.model,
+        dms=dms_mode,
+        device=resolve_device(settings.device),
+        home=settings.home,
+        progress=(ctx.obj or {}).get("verbosity", 0) >= 0,
+    )
+    with tempfile.TemporaryDirectory(prefix="agentrt-bench-server-") as home:
+
+        def make() -> Engine:
+            return Engine(model, kv_budget=kv_budget, home=home, db=f"sqlite:///{home}/bench.db")
+
+        result = run_server_bench(make, turns=turns, max_tokens=max_tokens)
+    result["command"] = "agentrt " + " ".join(sys.argv[1:])
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "server.json").write_text(json.dumps(result, indent=2))
+    click.echo(format_table(result))
+    click.echo(f"wrote {out / 'server.json'}")

@@ -106,6 +106,9 @@ def _register() -> None:
     from agentrt.cli import chat
 
     cli.add_command(chat.chat)
+    from agentrt.cli import serve
+
+    cli.add_command(serve.serve)
 
 
 _register()

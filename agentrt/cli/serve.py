@@ -1,0 +1,89 @@
+"""`agentrt serve`: the OpenAI-compatible HTTP server (fastapi and uvicorn load only here)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from agentrt.cli.options import db_option, device_option, home_option
+
+
+@click.command("serve")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback by default)."
+)
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option(
+    "-m",
+    "--model",
+    envvar="AGENTRT_MODEL",
+    show_envvar=True,
+    metavar="PATH_OR_ID",
+    default=None,
+    help="Model folder or hub id. Default: AGENTRT_MODEL, else smollm2-135m-instruct.",
+)
+@click.option(
+    "--api-key",
+    envvar="AGENTRT_API_KEY",
+    show_envvar=True,
+    default=None,
+    help="Require `Authorization: Bearer KEY` on every route.",
+)
+@click.option(
+    "--kv-budget",
+    default="1GiB",
+    show_default=True,
+    metavar="SIZE",
+    envvar="AGENTRT_KV_BUDGET",
+    show_envvar=True,
+    help="KV pool size, e.g. 512MiB.",
+)
+@click.option(
+    "--max-tokens-cap",
+    type=click.IntRange(min=1),
+    default=4096,
+    show_default=True,
+    help="Largest max_tokens a request may ask for.",
+)
+@click.option(
+    "--request-timeout",
+    type=click.FloatRange(min=1),
+    default=600.0,
+    show_default=True,
+    help="Seconds one request may run.",
+)
+@click.option(
+    "--queue-timeout",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds a request waits for KV budget before a 429.",
+)
+@device_option
+@home_option
+@db_option
+def serve(**kw: Any) -> None:
+    """Serve an OpenAI-compatible HTTP API whose conversations are persistent KV sessions."""
+    import uvicorn
+
+    from agentrt.engine import Engine
+    from agentrt.server import create_app
+
+    engine = Engine.from_pretrained(
+        kw["model"],
+        device=kw["device"],
+        kv_budget=kw["kv_budget"],
+        home=kw["home"],
+        db=kw["db"],
+    )
+    app = create_app(
+        engine,
+        model_name=kw["model"] or "smollm2-135m-instruct",
+        api_key=kw["api_key"],
+        max_tokens_cap=kw["max_tokens_cap"],
+        request_timeout=kw["request_timeout"],
+        queue_timeout=kw["queue_timeout"],
+    )
+    click.echo(f"agentrt: serving on http://{kw['host']}:{kw['port']}/v1", err=True)
+    uvicorn.run(app, host=kw["host"], port=kw["port"], log_level="warning")
