@@ -147,19 +147,28 @@ class Engine:
             hint=f"open sessions: {', '.join(self.sessions.names()) or 'none'}",
         )
 
-    def open_session(self, name_or_id: str) -> Session:
-        """An open session, or a saved one restored from its newest checkpoint (verified)."""
+    def open_session(self, name_or_id: str, *, checkpoint: int | None = None) -> Session:
+        """An open session, or a saved one restored from its newest checkpoint (verified).
+
+        `checkpoint=N` restores the N-th checkpoint instead (1 = oldest, as `agentrt sessions
+        show` numbers them); a missing or corrupt newest one is an error, never skipped.
+        """
         with self._lock:
             self._check_open()
             for s in self.sessions.values():
                 if name_or_id in (s.id, s.db_id) or (s.name == name_or_id and s.db_id is not None):
+                    if checkpoint is not None:
+                        raise SessionError(
+                            f"session {s.name!r} is already open in this engine",
+                            hint="close it before restoring one of its older checkpoints",
+                        )
                     return s
                 if s.name == name_or_id:
                     raise SessionError(
                         f"an unsaved session named {name_or_id!r} is open in this engine",
                         hint="close or rename it before opening the saved one",
                     )
-            info, loaded = self.persistence.load(name_or_id)
+            info, loaded = self.persistence.load(name_or_id, checkpoint)
             self._make_room(self.persistence.blocks_to_restore(loaded))
             r = self.persistence.restore(info, loaded)
             session = Session(self, r.info.name, seed=r.seed)
@@ -254,7 +263,7 @@ class Engine:
                 session.cache = None
             self.swap.discard(session)
             if session.db_id is not None:
-                self.persistence.unlock(session.db_id)
+                self.persistence.mark_closed(session.db_id)
             session.closed = True
             self.sessions.discard(session)
 

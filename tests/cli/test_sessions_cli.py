@@ -104,7 +104,7 @@ def test_ls_and_show_in_text_and_json(model_dir: Path, agentrt_home: Path) -> No
     assert result.exit_code == 0, result.output
     header, row = result.stdout.splitlines()
     assert header.split() == ["NAME", "MODEL", "TOKENS", "KV", "CR", "UPDATED", "STATUS"]
-    assert row.split()[0] == "alpha" and row.split()[-1] == "active"
+    assert row.split()[0] == "alpha" and row.split()[-1] == "saved"  # closed after its save
     (listed,) = json.loads(invoke("sessions", "ls", "--json").stdout)
     info = store().get_session("alpha")
     assert listed["name"] == "alpha" and listed["tokens"] == info.tokens > 0
