@@ -150,3 +150,36 @@ def test_a_session_is_saved_not_active_after_save_and_close(model_dir: Path) -> 
     assert store.get_session("st").status == "active"
     eng.close()
     assert store.get_session("st").status == "saved"
+
+
+def test_a_first_save_that_fails_leaves_no_row_and_a_row_without_checkpoint_is_repaired(
+    model_dir: Path, agentrt_home: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agentrt.sessions import checkpoint as checkpoint_module
+
+    eng = engine(model_dir)
+    store = eng.persistence.store
+    try:
+        s = eng.new_session("first", seed=1)
+        s.prefill([3, 4, 5])
+
+        def killed(*args, **kwargs):
+            raise KeyboardInterrupt  # the process dies while writing the first blob
+
+        with monkeypatch.context() as patch, pytest.raises(KeyboardInterrupt):
+            patch.setattr(checkpoint_module, "save_checkpoint", killed)
+            eng.save(s)
+        assert store.name_taken("first") is None and s.db_id is None
+        # a row without checkpoint, as older versions left after a crash
+        stale = store.create_session("first", "m", "f" * 64, {})
+        other = engine(model_dir)
+        with pytest.raises(CheckpointError, match="no checkpoint") as err:
+            other.open_session("first")
+        other.close()
+        assert "sessions rm first" in (err.value.hint or "")
+        eng.save(s)  # takes the name over instead of "already exists"
+        assert store.get_session("first").id != stale.id
+        assert len(store.checkpoints("first")) == 1
+    finally:
+        eng.close()
+    assert engine(model_dir).open_session("first").tokens == [3, 4, 5]
