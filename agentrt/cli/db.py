@@ -22,7 +22,9 @@ def upgrade(ctx: click.Context, **_: object) -> None:
     from agentrt.sessions.database import upgrade as do_upgrade
 
     settings = resolve_settings(ctx)
-    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    from agentrt.sessions.atomic import ensure_private_dir
+
+    ensure_private_dir(settings.home)
     before = database_status(settings.db_url)
     after = do_upgrade(settings.db_url)
     click.echo(f"{before.url_redacted}: {before.revision or 'empty'} → {after}")

@@ -274,8 +274,9 @@ def apply_fixes(settings: Settings) -> list[str]:
     done: list[str] = []
     home = settings.home
     if not home.exists() and _creatable(home)[0]:
-        home.mkdir(mode=0o700, parents=True)
-        home.chmod(0o700)
+        from agentrt.sessions.atomic import ensure_private_dir
+
+        ensure_private_dir(home)  # the home and any parents it creates: 0700, whatever the umask
         done.append(f"created {home} (mode 0700)")
     status = database_status(settings.db_url)
     if status.reachable and not status.error and not status.up_to_date:
