@@ -41,8 +41,8 @@ def status(ctx: click.Context, **_: object) -> None:
 
     st = database_status(resolve_settings(ctx).db_url)
     click.echo(f"url:      {st.url_redacted}")
+    if not st.reachable:  # its revision is unknown, not "none"
+        raise DatabaseError(f"database unreachable: {st.error}")
     click.echo(f"revision: {st.revision or 'none (empty database)'}")
     click.echo(f"head:     {st.head}")
-    if not st.reachable:
-        raise DatabaseError(f"database unreachable: {st.error}")
     click.echo("up to date" if st.up_to_date else "behind: run `agentrt db upgrade`")

@@ -328,8 +328,10 @@ def fork(ctx: click.Context, name: str, new: str, model_dir: Path | None, **_: A
     check = None
     if model_dir is not None:
         check = lambda ckpt: verified_model(layout, model_dir, ckpt)  # noqa: E731
-    with catalog(settings) as store:
-        assert store is not None
+    from agentrt.sessions.catalog import require_store
+
+    with catalog(settings, readonly=True) as store:  # an unknown NAME writes nothing
+        store = require_store(store, name)
         copy, ckpt = fork_copy(store, layout, name, new, model=check)
         created = create_copy(store, layout, copy)
     click.echo(
