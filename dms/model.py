@@ -143,7 +143,7 @@ class DMSModel(nn.Module):
         spec = self.cache_spec(block_size)
         if num_blocks is not None:
             return KVPool(spec, num_blocks, device=self.device)
-        return KVPool.from_budget(spec, kv_budget or "1GiB", device=self.device)
+        return KVPool.from_budget(spec, "1GiB" if kv_budget is None else kv_budget, self.device)
 
     def new_cache(self, pool: KVPool, *, window: int | None = None) -> SessionCache:
         """An empty session cache in `pool` (window: w of the eviction rule, default the model's)."""

@@ -17,6 +17,7 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import os
 import re
 import tarfile
@@ -388,7 +389,124 @@ def read_manifest(tar: tarfile.TarFile, path: Path) -> dict[str, Any]:
         keys = ("blob", "sha256", "size_bytes", "fingerprint", "id", "kind")
         if not isinstance(c, dict) or any(k not in c for k in keys):
             raise _bad_archive(path, "a checkpoint entry lacks blob, sha256, size or fingerprint")
+    problem = manifest_problem(session, messages, checkpoints)
+    if problem is not None:
+        raise _bad_archive(path, problem)
     return manifest
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+
+def _is_number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+def _field_problem(where: str, entry: dict[str, Any], kinds: Mapping[str, str]) -> str | None:
+    """The first field of `entry` whose value has the wrong type (absent ones are skipped)."""
+    checks: dict[str, Callable[[Any], bool]] = {
+        "int": _is_int,
+        "number": _is_number,
+        "str": lambda v: isinstance(v, str),
+        "bool": lambda v: isinstance(v, bool),
+        "dict?": lambda v: v is None or isinstance(v, dict),
+        "str?": lambda v: v is None or isinstance(v, str),
+        "int?": lambda v: v is None or _is_int(v),
+        "strs?": lambda v: (
+            v is None or (isinstance(v, list) and all(isinstance(t, str) for t in v))
+        ),
+        "dicts?": lambda v: (
+            v is None or (isinstance(v, list) and all(isinstance(t, dict) for t in v))
+        ),
+    }
+    words = {
+        "int": "a whole number >= 0",
+        "number": "a finite number >= 0",
+        "str": "a string",
+        "bool": "true or false",
+        "dict?": "an object or null",
+        "str?": "a string or null",
+        "int?": "a whole number >= 0 or null",
+        "strs?": "a list of strings or null",
+        "dicts?": "a list of objects or null",
+    }
+    for key, kind in kinds.items():
+        if key in entry and not checks[kind](entry[key]):
+            return f"{where} field {key!r} is {entry[key]!r}, expected {words[kind]}"
+    return None
+
+
+def manifest_problem(
+    session: dict[str, Any], messages: list[Any], checkpoints: list[dict[str, Any]]
+) -> str | None:
+    """What is wrong with the types of a manifest's entries, or None (nothing is coerced:
+    `"false"` is not false, `"12"` is not 12)."""
+    from agentrt.sessions.models import CHECKPOINT_KINDS, MESSAGE_ROLES
+
+    problem = _field_problem("the session", session, SESSION_FIELDS)
+    if problem is not None:
+        return problem
+    for n, m in enumerate(messages, start=1):
+        if not isinstance(m, dict):
+            return f"message {n} is not an object"
+        if "content" not in m or "role" not in m:
+            return f"message {n} lacks its role or content"
+        problem = _field_problem(f"message {n}", m, MESSAGE_FIELDS)
+        if problem is not None:
+            return problem
+        if m["role"] not in MESSAGE_ROLES:
+            return f"message {n} has role {m['role']!r}, expected one of {', '.join(MESSAGE_ROLES)}"
+        start, end = m.get("token_start"), m.get("token_end")
+        if start is not None and end is not None and start > end:
+            return f"message {n} has token_start {start} after token_end {end}"
+    for n, c in enumerate(checkpoints, start=1):
+        problem = _field_problem(f"checkpoint {n}", c, CHECKPOINT_FIELDS)
+        if problem is not None:
+            return problem
+        if c["kind"] not in CHECKPOINT_KINDS:
+            return f"checkpoint {n} has kind {c['kind']!r}"
+        if not _SHA256.match(c["sha256"]):
+            return f"checkpoint {n} has sha256 {c['sha256']!r}, expected 64 hex digits"
+        if PurePosixPath(c["blob"]).is_absolute() or ".." in PurePosixPath(c["blob"]).parts:
+            return f"checkpoint {n} names blob {c['blob']!r} outside the archive"
+    return None
+
+
+SESSION_FIELDS = {
+    "name": "str",
+    "model": "str",
+    "fingerprint": "str",
+    "tokens": "int",
+    "slots": "int",
+    "kv_bytes": "int",
+    "compression_ratio": "number",
+    "dms_config": "dict?",
+    "tags": "strs?",
+    "pinned": "bool",
+    "status": "str",
+}
+MESSAGE_FIELDS = {
+    "role": "str",
+    "content": "str",
+    "tool_calls": "dicts?",
+    "token_start": "int?",
+    "token_end": "int?",
+}
+CHECKPOINT_FIELDS = {
+    "blob": "str",
+    "sha256": "str",
+    "size_bytes": "int",
+    "fingerprint": "str",
+    "id": "str",
+    "kind": "str",
+    "tokens": "int",
+    "slots": "int",
+    "compression_ratio": "number",
+    "format_version": "int",
+    "parent_id": "str?",
+}
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 def verify_blob(tar: tarfile.TarFile, path: Path, entry: Mapping[str, Any]) -> None:

@@ -42,6 +42,10 @@ class CheckpointFileMissing(CheckpointError):
     """The checkpoint's file is gone: its catalog row can be marked missing."""
 
 
+class CheckpointCorrupt(CheckpointError):
+    """The checkpoint's bytes cannot be trusted: its catalog row can be marked missing."""
+
+
 @dataclass(frozen=True)
 class CheckpointFileInfo:
     """What `save_checkpoint` wrote: the facts a catalog row records."""
@@ -164,8 +168,8 @@ def load_checkpoint(
 ) -> LoadedCheckpoint:
     """Verify (size, sha256, format, fingerprint) and read a checkpoint; CheckpointError if not OK.
 
-    Without `expected_sha256` (no catalog row, e.g. an imported file) the tensor contents are
-    checked against the digest stored in the header instead.
+    The tensor contents are always checked against the digest in the header as well, so a
+    file whose row was recorded from damaged bytes is refused too.
     """
     from agentrt.dms.cache_state import validate_state
 
@@ -201,7 +205,7 @@ def load_checkpoint(
     version, parts = _check_header(path, header)
     if fingerprint is not None:
         _check_fingerprint(path, parts, fingerprint)
-    if expected_sha256 is None and tensors_sha256(tensors) != header.get("content_sha256"):
+    if tensors_sha256(tensors) != header.get("content_sha256"):
         raise _corrupt(path, "sha256 of the tensor contents does not match its header")
     state = {k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)}
     token_ids = state.pop("token_ids", None)
@@ -294,9 +298,9 @@ def _check_fingerprint(path: Path, parts: dict[str, str], model: Fingerprint) ->
         )
 
 
-def _corrupt(path: Path, why: str) -> CheckpointError:
+def _corrupt(path: Path, why: str) -> CheckpointCorrupt:
     """The error for a checkpoint whose bytes cannot be trusted."""
-    return CheckpointError(
+    return CheckpointCorrupt(
         f"checkpoint file {path} is corrupt: {why}",
         hint="restore an older checkpoint of this session; this file cannot be used",
     )
@@ -304,6 +308,7 @@ def _corrupt(path: Path, why: str) -> CheckpointError:
 
 __all__ = [
     "FORMAT_VERSION",
+    "CheckpointCorrupt",
     "CheckpointFileMissing",
     "CheckpointFileInfo",
     "LoadedCheckpoint",

@@ -8,15 +8,14 @@ skipped (their lock is held).
 from __future__ import annotations
 
 import os
-from collections import defaultdict
 from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agentrt.errors import CheckpointError, SessionError
+from agentrt.errors import CheckpointError
 from agentrt.sessions.atomic import TEMP_PREFIX, file_sha256
 from agentrt.sessions.layout import BLOB_SUFFIX, SessionLayout
-from agentrt.sessions.locks import remove_session_dir, session_lock
+from agentrt.sessions.locks import SessionLocked, remove_session_dir, session_lock
 
 if TYPE_CHECKING:
     from agentrt.sessions.records import CheckpointInfo
@@ -29,8 +28,19 @@ Say = Callable[[str, str, int], None]
 def mark_missing(
     store: SessionStore, layout: SessionLayout, *, verify: bool, dry_run: bool, say: Say
 ) -> None:
-    """Mark rows whose blob is gone (or, with verify, does not hash right) missing."""
-    for c in store.checkpoints():
+    """Mark rows whose blob is gone (or, with verify, does not hash right) missing, and
+    name sessions that have no checkpoint at all (a first save that never completed)."""
+    checkpoints = store.checkpoints()
+    with_rows = {c.session_id for c in checkpoints}
+    for info in store.list_sessions():
+        if info.id not in with_rows:
+            say(
+                "kept",
+                f"session {info.name!r} has no checkpoint (its first save or import never "
+                f"completed): remove it with `agentrt sessions rm {info.name} --yes`",
+                0,
+            )
+    for c in checkpoints:
         path = layout.resolve(c.file)
         problem = None if path.is_file() else "its file is missing"
         if problem is None and verify and file_sha256(path) != (c.size_bytes, c.sha256):
@@ -54,32 +64,51 @@ def prune(
     say: Say,
     when: Callable[[CheckpointInfo], str],
 ) -> None:
-    """Delete all but the `keep` newest usable checkpoints of every unpinned session."""
-    by_session: dict[str, list[CheckpointInfo]] = defaultdict(list)
-    for c in store.checkpoints():
-        by_session[c.session_id].append(c)
+    """Delete all but the `keep` newest usable checkpoints of every unpinned session.
+
+    Each session is pruned under its lock, from its checkpoint rows read again under that
+    lock; a session open in another process is skipped.
+    """
     for info in store.list_sessions():
         if info.pinned:
             continue
-        newest_first = sorted(by_session[info.id], key=lambda c: c.created_at, reverse=True)
-        usable = 0
-        for c in newest_first:
-            if usable >= keep:
-                path = layout.resolve(c.file)
-                size = path.stat().st_size if path.is_file() else 0
-                text = f"prune checkpoint {c.id[:8]} of {info.name!r} ({when(c)})"
-                if dry_run:
-                    say("pruned", text, size)
-                    continue
-                try:
-                    file = store.delete_checkpoint(c.id)
-                except CheckpointError as err:
-                    say("kept", f"kept checkpoint {c.id[:8]} of {info.name!r}: {err.message}", 0)
-                    continue
-                layout.resolve(file).unlink(missing_ok=True)
+        try:
+            with session_lock(layout, info.id, info.name, create=False):
+                _prune_one(store, layout, info.id, info.name, keep, dry_run, say, when)
+        except SessionLocked:
+            say("skipped", f"skipped {info.name!r}: it is open in another agentrt process", 0)
+
+
+def _prune_one(
+    store: SessionStore,
+    layout: SessionLayout,
+    session_id: str,
+    name: str,
+    keep: int,
+    dry_run: bool,
+    say: Say,
+    when: Callable[[CheckpointInfo], str],
+) -> None:
+    """Prune one session's checkpoints (its lock is held, or its folder does not exist)."""
+    rows = [c for c in store.checkpoints() if c.session_id == session_id]
+    usable = 0
+    for c in sorted(rows, key=lambda c: c.created_at, reverse=True):
+        if usable >= keep:
+            path = layout.resolve(c.file)
+            size = path.stat().st_size if path.is_file() else 0
+            text = f"prune checkpoint {c.id[:8]} of {name!r} ({when(c)})"
+            if dry_run:
                 say("pruned", text, size)
-            elif not c.missing:
-                usable += 1
+                continue
+            try:
+                file = store.delete_checkpoint(c.id)
+            except CheckpointError as err:
+                say("kept", f"kept checkpoint {c.id[:8]} of {name!r}: {err.message}", 0)
+                continue
+            layout.resolve(file).unlink(missing_ok=True)
+            say("pruned", text, size)
+        elif not c.missing:
+            usable += 1
 
 
 def collect_files(
@@ -90,38 +119,65 @@ def collect_files(
     say: Say,
     size_text: Callable[[int], str],
 ) -> None:
-    """Remove blobs no row references and stale `.tmp-` files, skipping sessions in use."""
+    """Remove blobs no row references and stale `.tmp-` files, skipping sessions in use.
+
+    A first pass over one snapshot of the catalog finds candidate folders; each is then
+    locked and its rows read again, so a checkpoint committed after the snapshot is kept.
+    """
     root = layout.checkpoint_dir
     if not root.is_dir():
         return
+    _collect_folder(store, layout, root, dry_run, say, size_text)  # temp files only
     live = {s.id for s in store.list_sessions()}
     referenced = {os.path.normpath(layout.resolve(c.file)) for c in store.checkpoints()}
-    for folder in [root, *sorted(p for p in root.iterdir() if p.is_dir())]:
-        junk = [
-            p
-            for p in sorted(folder.iterdir())
-            if p.is_file()
-            and (
-                p.name.startswith(TEMP_PREFIX)
-                or (p.suffix == BLOB_SUFFIX and os.path.normpath(p) not in referenced)
-            )
-        ]
-        gone = folder != root and folder.name not in live
-        if not junk and not gone:
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        if not _junk(folder, referenced) and folder.name in live:
             continue
-        lock: AbstractContextManager[object] = (
-            nullcontext() if folder == root else session_lock(layout, folder.name, folder.name)
-        )
         try:
-            with lock:
-                for p in junk:
-                    kind = "temp" if p.name.startswith(TEMP_PREFIX) else "orphan"
-                    what = "stale temp file" if kind == "temp" else "orphaned checkpoint file"
-                    size = p.stat().st_size
-                    say(kind, f"remove {what} {p} ({size_text(size)})", size)
-                    if not dry_run:
-                        p.unlink(missing_ok=True)
-                if gone and not dry_run:
-                    remove_session_dir(layout, folder.name)
-        except SessionError:
+            with session_lock(layout, folder.name, folder.name, create=False) as held:
+                if held:
+                    _collect_folder(store, layout, folder, dry_run, say, size_text)
+        except SessionLocked:
             say("skipped", f"skipped {folder}: its session is open in another agentrt process", 0)
+
+
+def _junk(folder: Path, referenced: set[str]) -> list[Path]:
+    """Temp files and blobs no catalog row references, in one folder."""
+    return [
+        p
+        for p in sorted(folder.iterdir())
+        if p.is_file()
+        and (
+            p.name.startswith(TEMP_PREFIX)
+            or (p.suffix == BLOB_SUFFIX and os.path.normpath(p) not in referenced)
+        )
+    ]
+
+
+def _collect_folder(
+    store: SessionStore,
+    layout: SessionLayout,
+    folder: Path,
+    dry_run: bool,
+    say: Say,
+    size_text: Callable[[int], str],
+) -> None:
+    """Clean one folder from catalog rows read now (call holding the folder's lock)."""
+    root = folder == layout.checkpoint_dir
+    if root:
+        referenced: set[str] = set()
+        junk = [p for p in _junk(folder, referenced) if p.name.startswith(TEMP_PREFIX)]
+    else:
+        referenced = {
+            os.path.normpath(layout.resolve(f)) for f in store.checkpoint_files(folder.name)
+        }
+        junk = _junk(folder, referenced)
+    for p in junk:
+        kind = "temp" if p.name.startswith(TEMP_PREFIX) else "orphan"
+        what = "stale temp file" if kind == "temp" else "orphaned checkpoint file"
+        size = p.stat().st_size
+        say(kind, f"remove {what} {p} ({size_text(size)})", size)
+        if not dry_run:
+            p.unlink(missing_ok=True)
+    if not root and not dry_run and not store.session_exists(folder.name):
+        remove_session_dir(layout, folder.name)

@@ -16,6 +16,10 @@ from agentrt.sessions.atomic import ensure_private_dir
 from agentrt.sessions.layout import SessionLayout
 
 
+class SessionLocked(SessionError):
+    """The session's lock is held by another process (or another open handle)."""
+
+
 class SessionLock:
     """A held lock on one session's folder; `release()` (or closing the process) frees it."""
 
@@ -31,7 +35,7 @@ class SessionLock:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise SessionError(
+            raise SessionLocked(
                 f"session {name!r} is open in another agentrt process",
                 hint="close it there first, or fork it into a new session",
             ) from None

@@ -39,8 +39,9 @@ def create_sqlite_file(path: Path) -> None:
     """Create the folder (0700) and the empty database file (0600) when missing."""
     try:
         if not path.parent.is_dir():
-            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            os.chmod(path.parent, 0o700)
+            from agentrt.sessions.atomic import ensure_private_dir
+
+            ensure_private_dir(path.parent)  # every folder it creates is 0700, whatever the umask
         if not path.exists():
             os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
             os.chmod(path, 0o600)

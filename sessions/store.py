@@ -63,14 +63,24 @@ class SessionStore:
         *,
         tags: Sequence[str] = (),
         pinned: bool = False,
+        session_id: str | None = None,
+        first_checkpoint: Mapping[str, Any] | None = None,
     ) -> SessionInfo:
-        """Add a new active session; a taken name raises `SessionError`."""
+        """Add a new active session; a taken name raises `SessionError`.
+
+        With `first_checkpoint` (the keyword arguments of `add_checkpoint`, for a blob already
+        written) the session row and its first checkpoint row commit in one transaction, so
+        no crash leaves a session without a checkpoint.
+        """
         _check_name(name)
+        if first_checkpoint is not None:
+            _check_relative(str(first_checkpoint["file"]))
         taken = f"a session named {name!r} already exists"
         with self._tx(f"creating session {name!r}", conflict=taken) as s:
             if s.scalar(select(SessionRow.id).where(SessionRow.name == name)) is not None:
                 raise SessionError(taken, hint="choose another name, or resume that session")
             row = SessionRow(
+                **({"id": session_id} if session_id is not None else {}),
                 name=name,
                 model=model,
                 model_fingerprint=fingerprint,
@@ -85,7 +95,25 @@ class SessionStore:
             )
             s.add(row)
             s.flush()
+            if first_checkpoint is not None:
+                c = dict(first_checkpoint)
+                s.add(
+                    CheckpointRow(
+                        session_id=row.id,
+                        created_at=utcnow(),
+                        kind="full",
+                        missing=False,
+                        **c,
+                    )
+                )
+                s.flush()
             return SessionInfo.from_row(row)
+
+    def name_taken(self, name: str) -> SessionInfo | None:
+        """The session with exactly this name, or None."""
+        with self._tx(f"reading session {name!r}") as s:
+            row = s.scalars(select(SessionRow).where(SessionRow.name == name)).first()
+            return None if row is None else SessionInfo.from_row(row)
 
     def get_session(self, name_or_id: str) -> SessionInfo:
         """The session with this name, id or unique id prefix (≥ 8 characters)."""
@@ -298,6 +326,17 @@ class SessionStore:
             if session is not None:
                 query = query.where(CheckpointRow.session_id == self._row(s, session).id)
             return [CheckpointInfo.from_row(c) for c in s.scalars(query)]
+
+    def checkpoint_files(self, session_id: str) -> list[str]:
+        """The blob files of the session with this exact id ([] for an unknown id)."""
+        with self._tx("reading checkpoints") as s:
+            query = select(CheckpointRow.file).where(CheckpointRow.session_id == session_id)
+            return list(s.scalars(query))
+
+    def session_exists(self, session_id: str) -> bool:
+        """Whether a session with this exact id is in the catalog."""
+        with self._tx("reading sessions") as s:
+            return s.get(SessionRow, session_id) is not None
 
     def mark_checkpoint_missing(self, checkpoint_id: str, missing: bool = True) -> CheckpointInfo:
         """Flag a checkpoint whose blob is gone or corrupt (or clear the flag)."""

@@ -11,11 +11,18 @@ import click
 from agentrt.cli.options import device_option, dms_option, model_option, resolve_settings
 
 
-def _parse_ints(text: str) -> tuple[int, ...]:
+def _parse_ints(text: str, *, minimum: int | None = None) -> tuple[int, ...]:
+    """A comma-separated list of integers (each >= `minimum`), else a usage error (exit 2)."""
     try:
-        return tuple(int(x) for x in text.split(",") if x.strip())
+        values = tuple(int(x) for x in text.split(",") if x.strip())
     except ValueError as err:
         raise click.BadParameter(f"{text!r} is not a comma-separated list of integers") from err
+    if not values:
+        raise click.BadParameter(f"{text!r} names no value; give at least one integer")
+    if minimum is not None and any(v < minimum for v in values):
+        bad = ", ".join(str(v) for v in values if v < minimum)
+        raise click.BadParameter(f"{bad} in {text!r}: every value must be at least {minimum}")
+    return values
 
 
 @click.group()
@@ -58,19 +65,23 @@ def throughput(
     """Decode tokens/s with N concurrent sessions vs HF generate on the same model."""
     from agentrt.bench.throughput import format_table, plot, run_throughput_bench
     from agentrt.engine import resolve_device
+    from agentrt.engine.limits import check_kv_budget
     from agentrt.models.resolve import load_resolved
 
+    levels = _parse_ints(concurrency, minimum=1)
     settings = resolve_settings(ctx)
+    device = resolve_device(settings.device)
+    check_kv_budget(kv_budget, device)  # before the model is read
     model = load_resolved(
         settings.model,
         dms=dms_mode,
-        device=resolve_device(settings.device),
+        device=device,
         home=settings.home,
         progress=(ctx.obj or {}).get("verbosity", 0) >= 0,
     )
     result = run_throughput_bench(
         model,
-        concurrency=_parse_ints(concurrency),
+        concurrency=levels,
         prompt_len=prompt_len,
         new_tokens=new_tokens,
         kv_budget=kv_budget,
@@ -107,8 +118,8 @@ def kernels(batches: str, contexts: str, crs: str, out: Path) -> None:
     from agentrt.bench.kernel_bench import format_table, run_kernel_bench
 
     result = run_kernel_bench(
-        batches=_parse_ints(batches),
-        contexts=_parse_ints(contexts),
+        batches=_parse_ints(batches, minimum=1),
+        contexts=_parse_ints(contexts, minimum=1),
         crs=tuple(float(c) for c in crs.split(",")),
     )
     out.mkdir(parents=True, exist_ok=True)

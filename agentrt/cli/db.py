@@ -22,7 +22,9 @@ def upgrade(ctx: click.Context, **_: object) -> None:
     from agentrt.sessions.database import upgrade as do_upgrade
 
     settings = resolve_settings(ctx)
-    settings.home.mkdir(parents=True, exist_ok=True, mode=0o700)
+    from agentrt.sessions.atomic import ensure_private_dir
+
+    ensure_private_dir(settings.home)
     before = database_status(settings.db_url)
     after = do_upgrade(settings.db_url)
     click.echo(f"{before.url_redacted}: {before.revision or 'empty'} → {after}")
@@ -39,8 +41,8 @@ def status(ctx: click.Context, **_: object) -> None:
 
     st = database_status(resolve_settings(ctx).db_url)
     click.echo(f"url:      {st.url_redacted}")
+    if not st.reachable:  # its revision is unknown, not "none"
+        raise DatabaseError(f"database unreachable: {st.error}")
     click.echo(f"revision: {st.revision or 'none (empty database)'}")
     click.echo(f"head:     {st.head}")
-    if not st.reachable:
-        raise DatabaseError(f"database unreachable: {st.error}")
     click.echo("up to date" if st.up_to_date else "behind: run `agentrt db upgrade`")

@@ -12,6 +12,7 @@ import json
 import os
 import platform
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,10 @@ def _creatable(path: Path) -> tuple[bool, str]:
         return False, f"cannot create {path}: {ancestor} is not a folder"
     if not os.access(ancestor, os.W_OK | os.X_OK):
         return False, f"cannot create {path}: {ancestor} is not writable"
+    try:  # access() is not the whole truth (read-only mounts, /proc): try a folder and undo it
+        os.rmdir(tempfile.mkdtemp(prefix=".agentrt-probe-", dir=ancestor))
+    except OSError as err:
+        return False, f"cannot create {path}: {err.strerror or err} in {ancestor}"
     return True, "missing"
 
 
@@ -273,9 +278,22 @@ def apply_fixes(settings: Settings) -> list[str]:
 
     done: list[str] = []
     home = settings.home
-    if not home.exists() and _creatable(home)[0]:
-        home.mkdir(mode=0o700, parents=True)
-        home.chmod(0o700)
+    creatable, why = _creatable(home)
+    if not creatable:
+        raise ConfigError(
+            f"--fix cannot use the home folder: {why}",
+            hint="set AGENTRT_HOME (or --home) to a writable folder",
+        )
+    if not home.exists():
+        from agentrt.sessions.atomic import ensure_private_dir
+
+        try:  # the home and any parents it creates: 0700, whatever the umask
+            ensure_private_dir(home)
+        except OSError as err:
+            raise ConfigError(
+                f"cannot create the home folder {home}: {err.strerror or err}",
+                hint="set AGENTRT_HOME (or --home) to a writable folder",
+            ) from None
         done.append(f"created {home} (mode 0700)")
     status = database_status(settings.db_url)
     if status.reachable and not status.error and not status.up_to_date:

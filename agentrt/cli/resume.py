@@ -63,6 +63,13 @@ def pick_model(ctx: click.Context, info: SessionInfo, default: str | None) -> st
     help="Sampling temperature (0 = greedy). The session's sampler state is restored.",
 )
 @click.option(
+    "--checkpoint",
+    type=click.IntRange(min=1),
+    default=None,
+    metavar="N",
+    help="Restore checkpoint N (as numbered by `agentrt sessions show`) instead of the newest.",
+)
+@click.option(
     "--kv-budget",
     default="1GiB",
     show_default=True,
@@ -79,6 +86,7 @@ def resume(
     prompt: str | None,
     max_new_tokens: int,
     temperature: float,
+    checkpoint: int | None,
     kv_budget: str,
     **_: Any,
 ) -> None:
@@ -107,7 +115,7 @@ def resume(
             raise ModelLoadError(
                 f"the model in {model} has no tokenizer", hint="resume needs one to read text"
             )
-        session = engine.open_session(info.id)
+        session = engine.open_session(info.id, checkpoint=checkpoint)
         turns: list[tuple[str, str, int, int]] = []  # (role, text, token_start, token_end)
         if prompt:
             ids = tok.encode(prompt, add_special_tokens=False)

@@ -128,17 +128,32 @@ def show(ctx: click.Context, name: str, full: bool, json_out: bool, **_: Any) ->
     from agentrt.sessions.checkpoint import layer_compression
 
     settings = resolve_settings(ctx)
+    layout = layout_of(settings)
     with catalog(settings, readonly=True) as store:
         store = require_store(store, name)
         info = store.get_session(name)
         messages = store.messages(info)
         checkpoints = store.checkpoints(info)
-        latest = store.latest_checkpoint(info)
+    problems = {c.id: checkpoint_problem(layout, c) for c in checkpoints}
+    latest = None
+    for c in reversed(checkpoints):  # the newest usable one, its full SHA-256 checked
+        if problems[c.id] is None:
+            problems[c.id] = checkpoint_problem(layout, c, hash=True)
+            if problems[c.id] is None:
+                latest = c
+                break
+    if latest is not None and checkpoints[-1].id != latest.id:
+        newest = len(checkpoints)
+        click.echo(
+            f"warning: the newest checkpoint ({newest}) is unusable: {problems[checkpoints[-1].id]}"
+            f"; `agentrt resume {info.name}` refuses it until you choose one with --checkpoint N",
+            err=True,
+        )
     layers: list[dict[str, Any]] | None = None
     layers_error = None if latest is not None else "no usable checkpoint"
     if latest is not None:
         try:
-            layers = layer_compression(layout_of(settings).resolve(latest.file))
+            layers = layer_compression(layout.resolve(latest.file))
         except CheckpointError as err:
             layers_error = err.message
     shown = []
@@ -149,7 +164,10 @@ def show(ctx: click.Context, name: str, full: bool, json_out: bool, **_: Any) ->
         report = {
             "session": as_json(info),
             "messages": shown,
-            "checkpoints": [as_json(c) for c in checkpoints],
+            "checkpoints": [
+                {**as_json(c), "number": n, "missing": problems[c.id] is not None}
+                for n, c in enumerate(checkpoints, start=1)
+            ],
             "layers": layers,
             "layers_error": layers_error,
         }
@@ -179,19 +197,20 @@ def show(ctx: click.Context, name: str, full: bool, json_out: bool, **_: Any) ->
     if checkpoints:
         rows = [
             [
+                str(n),
                 local_time(c.created_at),
                 human_bytes(c.size_bytes),
                 str(c.tokens),
                 f"{c.compression_ratio:.2f}",
                 c.kind,
                 c.id[:8],
-                "MISSING" if c.missing else "",
+                "" if problems[c.id] is None else "MISSING",
             ]
-            for c in checkpoints
+            for n, c in enumerate(checkpoints, start=1)
         ]
-        headers = ["CREATED", "SIZE", "TOKENS", "CR", "KIND", "ID", ""]
-        click.echo("\n".join("  " + line for line in table(headers, rows, right={1, 2, 3})))
-    click.echo("\nper-layer compression (latest checkpoint)")
+        headers = ["#", "CREATED", "SIZE", "TOKENS", "CR", "KIND", "ID", ""]
+        click.echo("\n".join("  " + line for line in table(headers, rows, right={0, 2, 3, 4})))
+    click.echo("\nper-layer compression (newest usable checkpoint)")
     if layers is None:
         click.echo(f"  unavailable: {layers_error}")
     for layer in layers or []:
@@ -199,6 +218,25 @@ def show(ctx: click.Context, name: str, full: bool, json_out: bool, **_: Any) ->
             f"  layer {layer['layer']:>3}  slots {layer['slots']:>8}  "
             f"CR {layer['compression_ratio']:.2f}"
         )
+
+
+def checkpoint_problem(
+    layout: SessionLayout, c: CheckpointInfo, *, hash: bool = False
+) -> str | None:
+    """Why a checkpoint cannot be used (flagged, file gone, wrong size, and with `hash` a
+    wrong SHA-256), or None."""
+    from agentrt.sessions.atomic import file_sha256
+
+    path = layout.resolve(c.file)
+    if c.missing:
+        return "it is marked missing"
+    if not path.is_file():
+        return "its file is missing"
+    if path.stat().st_size != c.size_bytes:
+        return f"its file has {path.stat().st_size} bytes, {c.size_bytes} recorded"
+    if hash and file_sha256(path) != (c.size_bytes, c.sha256):
+        return "its file does not match the recorded sha256"
+    return None
 
 
 # -- rm / fork ---------------------------------------------------------------------------
@@ -290,8 +328,10 @@ def fork(ctx: click.Context, name: str, new: str, model_dir: Path | None, **_: A
     check = None
     if model_dir is not None:
         check = lambda ckpt: verified_model(layout, model_dir, ckpt)  # noqa: E731
-    with catalog(settings) as store:
-        assert store is not None
+    from agentrt.sessions.catalog import require_store
+
+    with catalog(settings, readonly=True) as store:  # an unknown NAME writes nothing
+        store = require_store(store, name)
         copy, ckpt = fork_copy(store, layout, name, new, model=check)
         created = create_copy(store, layout, copy)
     click.echo(

@@ -39,10 +39,16 @@ log = logging.getLogger(__name__)
 
 
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """ "auto" → cuda when available, else cpu."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """ "auto" → cuda when available, else cpu; ConfigError for a device this machine lacks."""
+    from agentrt.engine.limits import check_device
+
+    return check_device(device)
+
+
+def describe(err: BaseException) -> str:
+    """An exception as `Type: message`, or just its type when it has no message."""
+    text = str(err).strip()
+    return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 class Engine:
@@ -65,12 +71,20 @@ class Engine:
         idle_ttl: float | None = None,
     ) -> None:
         from agentrt.dms.budget import parse_bytes
+        from agentrt.engine.limits import allocation_failed, check_kv_budget, is_allocation_error
         from agentrt.sessions.layout import SessionLayout
         from agentrt.settings import Settings, load_settings
 
         self.model = model
         self.tokenizer = model.tokenizer
-        self.pool = model.make_pool(kv_budget, num_blocks=num_blocks, block_size=block_size)
+        if num_blocks is None:
+            check_kv_budget(kv_budget, model.device)
+        try:
+            self.pool = model.make_pool(kv_budget, num_blocks=num_blocks, block_size=block_size)
+        except (RuntimeError, MemoryError) as err:
+            if not is_allocation_error(err):
+                raise
+            raise allocation_failed(err, "KV pool", kv_budget) from None
         self.policy = policy
         self.window = policy.window if policy is not None else model.window
         if scheduler is None and model.dms is not None and model.dms.chunked_prefill:
@@ -113,11 +127,13 @@ class Engine:
         `model=None` serves the default: `AGENTRT_MODEL`, else `smollm2-135m-instruct`
         (prepared on first use, docs/MODELS.md); `dms="off"` serves it dense.
         """
+        from agentrt.engine.limits import check_kv_budget
         from agentrt.models.resolve import load_resolved
 
-        loaded = load_resolved(
-            model, dms=dms, device=resolve_device(device), dtype=dtype, home=kwargs.get("home")
-        )
+        dev = resolve_device(device)
+        if kwargs.get("num_blocks") is None:  # refuse a bad budget before reading any weights
+            check_kv_budget(kwargs.get("kv_budget", "1GiB"), dev)
+        loaded = load_resolved(model, dms=dms, device=dev, dtype=dtype, home=kwargs.get("home"))
         return cls(loaded, **kwargs)
 
     # -- sessions ------------------------------------------------------------------------
@@ -147,19 +163,28 @@ class Engine:
             hint=f"open sessions: {', '.join(self.sessions.names()) or 'none'}",
         )
 
-    def open_session(self, name_or_id: str) -> Session:
-        """An open session, or a saved one restored from its newest checkpoint (verified)."""
+    def open_session(self, name_or_id: str, *, checkpoint: int | None = None) -> Session:
+        """An open session, or a saved one restored from its newest checkpoint (verified).
+
+        `checkpoint=N` restores the N-th checkpoint instead (1 = oldest, as `agentrt sessions
+        show` numbers them); a missing or corrupt newest one is an error, never skipped.
+        """
         with self._lock:
             self._check_open()
             for s in self.sessions.values():
                 if name_or_id in (s.id, s.db_id) or (s.name == name_or_id and s.db_id is not None):
+                    if checkpoint is not None:
+                        raise SessionError(
+                            f"session {s.name!r} is already open in this engine",
+                            hint="close it before restoring one of its older checkpoints",
+                        )
                     return s
                 if s.name == name_or_id:
                     raise SessionError(
                         f"an unsaved session named {name_or_id!r} is open in this engine",
                         hint="close or rename it before opening the saved one",
                     )
-            info, loaded = self.persistence.load(name_or_id)
+            info, loaded = self.persistence.load(name_or_id, checkpoint)
             self._make_room(self.persistence.blocks_to_restore(loaded))
             r = self.persistence.restore(info, loaded)
             session = Session(self, r.info.name, seed=r.seed)
@@ -254,7 +279,7 @@ class Engine:
                 session.cache = None
             self.swap.discard(session)
             if session.db_id is not None:
-                self.persistence.unlock(session.db_id)
+                self.persistence.mark_closed(session.db_id)
             session.closed = True
             self.sessions.discard(session)
 
@@ -463,11 +488,12 @@ class Engine:
 
     def _break_sessions(self, plan: StepPlan, err: BaseException) -> None:
         """A forward failed part-way: the planned caches are half-advanced and cannot be trusted."""
+        interrupted = isinstance(err, KeyboardInterrupt | SystemExit)
+        what = "interrupted (Ctrl-C)" if isinstance(err, KeyboardInterrupt) else describe(err)
         for it in plan.items:
             req, session = it.request, it.request.session
             session.error = SessionError(
-                f"session {session.name!r} lost its KV state in a failed step "
-                f"({type(err).__name__}: {err})",
+                f"session {session.name!r} lost its KV state in a failed step ({what})",
                 hint="close it and reopen it from its last checkpoint (engine.open_session)",
             )
             if session.cache is not None:
@@ -475,7 +501,10 @@ class Engine:
                 session.cache = None
             req.error = session.error
             self._finish(req, "error")
-        log.error("engine step failed for %d sessions: %s", len(plan.items), err)
+        if interrupted:  # the user stopped it: not an engine failure
+            log.warning("engine step %s; %d sessions must be reopened", what, len(plan.items))
+        else:
+            log.error("engine step failed for %d sessions: %s", len(plan.items), what)
 
     def expire_idle(self) -> int:
         """Swap out sessions idle longer than `idle_ttl` (unpinned, no request); returns how many."""

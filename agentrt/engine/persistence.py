@@ -135,6 +135,19 @@ class Persistence:
         if lock is not None:
             lock.release()
 
+    def mark_closed(self, session_id: str) -> None:
+        """Record a closed session as saved (its newest checkpoint is what reopens), then
+        release its lock."""
+        from agentrt.errors import AgentRTError
+
+        try:
+            if self._store is not None:
+                self._store.set_status(session_id, "saved")
+        except AgentRTError as err:  # closing must not fail on the catalog
+            log.warning("could not mark session %s saved: %s", session_id, err)
+        finally:
+            self.unlock(session_id)
+
     # -- save --------------------------------------------------------------------------------
     def snapshot(self, session: Session) -> Snapshot:
         """Copy what a checkpoint of a resident session holds (call under the engine lock)."""
@@ -159,73 +172,180 @@ class Persistence:
 
     def write(self, snap: Snapshot, db_id: str | None) -> CheckpointInfo:
         """Write the blob crash-safely, then its catalog rows (no engine lock needed; the
-        engine runs one write at a time)."""
+        engine runs one write at a time).
+
+        A session's first save locks a fresh id, writes the blob, then commits the session
+        row together with its first checkpoint row: a crash leaves no row without a checkpoint.
+        """
         from agentrt.sessions.checkpoint import save_checkpoint
 
         store = self.store
-        if db_id is None:
-            dms = self.model.dms
-            db_id = store.create_session(
-                snap.name,
-                self.model_name(),
-                self.fingerprint.digest,
-                dms.to_hf_dict() if dms is not None else {},
-            ).id
-        self.lock(db_id, snap.name)
-        parent = store.latest_checkpoint(db_id)
+        first = db_id is None
+        if first:
+            db_id = self._claim_name(snap.name)
+        else:
+            self.lock(db_id, snap.name)
+        parent = None if first else store.latest_checkpoint(db_id)
         path = self.layout.new_blob(db_id, snap.tokens)
-        info = save_checkpoint(
-            path,
-            snap.state,
-            token_ids=snap.token_ids,
-            fingerprint=self.fingerprint,
-            extra=snap.extra,
-            metadata={"session": snap.name, "seed": str(snap.seed)},
-        )
-        row = store.add_checkpoint(
-            db_id,
-            file=self.layout.relative(path),
-            size_bytes=info.size_bytes,
-            sha256=info.sha256,
-            tokens=info.tokens,
-            slots=info.slots,
-            compression_ratio=info.compression_ratio,
-            fingerprint=info.fingerprint,
-            format_version=info.format_version,
-            parent_id=parent.id if parent is not None else None,
-        )
+        try:
+            info = save_checkpoint(
+                path,
+                snap.state,
+                token_ids=snap.token_ids,
+                fingerprint=self.fingerprint,
+                extra=snap.extra,
+                metadata={"session": snap.name, "seed": str(snap.seed)},
+            )
+            fields = {
+                "file": self.layout.relative(path),
+                "size_bytes": info.size_bytes,
+                "sha256": info.sha256,
+                "tokens": info.tokens,
+                "slots": info.slots,
+                "compression_ratio": info.compression_ratio,
+                "fingerprint": info.fingerprint,
+                "format_version": info.format_version,
+            }
+            if first:
+                dms = self.model.dms
+                store.create_session(
+                    snap.name,
+                    self.model_name(),
+                    self.fingerprint.digest,
+                    dms.to_hf_dict() if dms is not None else {},
+                    session_id=db_id,
+                    first_checkpoint=fields,
+                )
+                row = store.latest_checkpoint(db_id)
+                assert row is not None
+            else:
+                row = store.add_checkpoint(
+                    db_id, **fields, parent_id=parent.id if parent is not None else None
+                )
+        except BaseException:
+            if first:  # nothing of this session is in the catalog: leave no folder behind
+                path.unlink(missing_ok=True)
+                self.unlock(db_id)
+                from agentrt.sessions.locks import remove_session_dir
+
+                remove_session_dir(self.layout, db_id)
+            raise
         store.update_session_stats(db_id, **snap.stats)
         log.info("saved session %s (%d tokens, %d bytes)", snap.name, info.tokens, info.size_bytes)
         return row
 
+    def _claim_name(self, name: str) -> str:
+        """A fresh, locked session id for a first save under `name`.
+
+        A catalog row of that name without any checkpoint (left by a crash in an older
+        version, or an interrupted import) whose lock is free is removed and its name reused.
+        """
+        from agentrt.errors import SessionError
+        from agentrt.sessions.models import new_id
+
+        store = self.store
+        taken = store.name_taken(name)
+        if taken is not None:
+            hint = "choose another name, or resume that session"
+            if store.checkpoint_files(taken.id):
+                raise SessionError(f"a session named {name!r} already exists", hint=hint)
+            self.lock(taken.id, name)  # an import still writing it holds the lock
+            try:
+                if store.checkpoint_files(taken.id):
+                    raise SessionError(f"a session named {name!r} already exists", hint=hint)
+                log.warning("replacing session %s: its row has no checkpoint", name)
+                store.delete_session(taken.id)
+            finally:
+                self.unlock(taken.id)
+        db_id = new_id()
+        self.lock(db_id, name)
+        return db_id
+
     # -- open --------------------------------------------------------------------------------
-    def load(self, name_or_id: str) -> tuple[SessionInfo, LoadedCheckpoint]:
-        """Verify and read the newest checkpoint of a catalogued session (and lock it)."""
-        from agentrt.sessions.checkpoint import CheckpointFileMissing, load_checkpoint
+    def load(
+        self, name_or_id: str, checkpoint: int | None = None
+    ) -> tuple[SessionInfo, LoadedCheckpoint]:
+        """Lock a catalogued session, then verify and read its newest checkpoint (or the
+        `checkpoint`-th, counting from 1 = oldest, as `agentrt sessions show` numbers them).
+
+        The rows are read under the session's lock, so a save another process committed
+        before the lock was taken is the one that opens. A newest checkpoint that is missing
+        or corrupt is an error naming the older ones to choose from, never a silent fallback.
+        """
+        from agentrt.errors import CheckpointError
+        from agentrt.sessions.checkpoint import (
+            CheckpointCorrupt,
+            CheckpointFileMissing,
+            load_checkpoint,
+        )
 
         store = self.store
         info = store.get_session(name_or_id)
-        ckpt = store.latest_checkpoint(info.id)
-        if ckpt is None:
-            from agentrt.errors import CheckpointError
-
-            raise CheckpointError(f"session {info.name!r} has no checkpoint to resume from")
         self.lock(info.id, info.name)
+        ckpt: CheckpointInfo | None = None
         try:
+            rows = store.checkpoints(info.id)
+            if not rows:
+                raise CheckpointError(
+                    f"session {info.name!r} has no checkpoint to resume from "
+                    "(its first save never completed)",
+                    hint=f"remove it with `agentrt sessions rm {info.name} --yes`; "
+                    "a new session of that name can then be saved",
+                )
+            if checkpoint is not None and not 1 <= checkpoint <= len(rows):
+                raise CheckpointError(
+                    f"session {info.name!r} has checkpoints 1 to {len(rows)}, not {checkpoint}",
+                    hint=f"list them with `agentrt sessions show {info.name}`",
+                )
+            number = checkpoint or len(rows)
+            ckpt = rows[number - 1]
+            if ckpt.missing:
+                raise CheckpointError(f"checkpoint {number} ({ckpt.id[:8]}) is marked missing")
             loaded = load_checkpoint(
                 self.layout.resolve(ckpt.file),
                 expected_sha256=ckpt.sha256,
                 expected_size=ckpt.size_bytes,
                 fingerprint=self.fingerprint,
             )
-        except CheckpointFileMissing:
+        except CheckpointError as err:
             self.unlock(info.id)
-            store.mark_checkpoint_missing(ckpt.id)
-            raise
+            if ckpt is None:
+                raise
+            if isinstance(err, CheckpointFileMissing | CheckpointCorrupt) and not ckpt.missing:
+                store.mark_checkpoint_missing(ckpt.id)
+            if checkpoint is not None or not (ckpt.missing or _lost(err)):
+                raise
+            raise self._newest_lost(info, rows, err) from None
         except BaseException:
             self.unlock(info.id)
             raise
+        info = store.set_status(info.id, "active")
         return info, loaded
+
+    def _newest_lost(
+        self, info: SessionInfo, rows: list[CheckpointInfo], err: Exception
+    ) -> Exception:
+        """The loud error for a session whose newest checkpoint cannot be read."""
+        from agentrt.errors import CheckpointError
+
+        usable = [
+            n
+            for n, c in enumerate(rows[:-1], start=1)
+            if not c.missing and self.layout.resolve(c.file).is_file()
+        ]
+        why = err.message if isinstance(err, CheckpointError) else str(err)
+        message = (
+            f"the newest checkpoint of session {info.name!r} (checkpoint {len(rows)}) "
+            f"is missing or corrupt: {why}"
+        )
+        if not usable:
+            return CheckpointError(message + "; no older checkpoint is usable either")
+        return CheckpointError(
+            message + f"; older usable checkpoints: {', '.join(map(str, usable))}",
+            hint=f"resume from an older one on purpose: `agentrt resume {info.name} "
+            f"--checkpoint {usable[-1]}` (Engine.open_session(name, checkpoint=N)); "
+            f"what was saved after it is lost",
+        )
 
     def blocks_to_restore(self, loaded: LoadedCheckpoint) -> int:
         """Pool blocks the checkpoint's cache needs."""
@@ -253,6 +373,13 @@ class Persistence:
             last_logits=extra["last_logits"].float() if "last_logits" in extra else None,
             pending_token=int(extra["pending_token"][0]) if "pending_token" in extra else None,
         )
+
+
+def _lost(err: BaseException) -> bool:
+    """Whether a load error means the file is gone or damaged (not a model mismatch)."""
+    from agentrt.sessions.checkpoint import CheckpointCorrupt, CheckpointFileMissing
+
+    return isinstance(err, CheckpointFileMissing | CheckpointCorrupt)
 
 
 def autosave_due(session: Session, policy: AutosavePolicy) -> bool:

@@ -30,6 +30,16 @@ class SamplingParams:
 
     def __post_init__(self) -> None:
         problems = []
+        for key in ("max_new_tokens", "top_k"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ConfigError(f"{key}={value!r} must be a whole number (it is not rounded)")
+        for key in ("temperature", "top_p", "min_p", "repetition_penalty"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ConfigError(f"{key}={value!r} must be a number")
+        if any(isinstance(t, bool) or not hasattr(t, "__index__") for t in self.stop_token_ids):
+            raise ConfigError(f"stop_token_ids={self.stop_token_ids!r} must all be whole numbers")
         if self.max_new_tokens < 0:
             problems.append(f"max_new_tokens={self.max_new_tokens} must be ≥ 0")
         if not self.temperature >= 0:  # also rejects NaN

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import operator
 import threading
 import time
 import uuid
@@ -19,6 +20,29 @@ if TYPE_CHECKING:
     from agentrt.engine.engine import Engine
     from agentrt.engine.request import Request
     from agentrt.engine.swap import SwapRecord
+
+
+def token_id_list(token_ids: Any) -> list[int]:
+    """Token ids as a list of ints; SessionError for anything else (floats are never
+    truncated, strings never parsed, bools are not ids)."""
+    if isinstance(token_ids, torch.Tensor):
+        if token_ids.is_floating_point() or token_ids.is_complex() or token_ids.dtype == torch.bool:
+            raise SessionError(f"token ids must be integers, got a {token_ids.dtype} tensor")
+        return [int(t) for t in token_ids.reshape(-1).tolist()]
+    if isinstance(token_ids, str | bytes) or not hasattr(token_ids, "__iter__"):
+        raise SessionError(
+            f"token ids must be a list of ints, got {type(token_ids).__name__}",
+            hint="encode text with the tokenizer first",
+        )
+    ids = []
+    for t in token_ids:
+        if isinstance(t, bool) or not hasattr(t, "__index__"):
+            raise SessionError(
+                f"token id {t!r} is not an integer",
+                hint="token ids are whole numbers from the tokenizer; floats are not truncated",
+            )
+        ids.append(operator.index(t))
+    return ids
 
 
 def _sampling_params(
@@ -162,10 +186,7 @@ class Session:
     # -- API -----------------------------------------------------------------------------
     def prefill(self, token_ids: list[int] | torch.Tensor) -> torch.Tensor:
         """Append tokens to the conversation; returns the logits [V] after the last one."""
-        ids = [
-            int(t)
-            for t in (token_ids.tolist() if isinstance(token_ids, torch.Tensor) else token_ids)
-        ]
+        ids = token_id_list(token_ids)
         if not ids:
             raise SessionError("prefill needs at least one token")
         self._acquire()

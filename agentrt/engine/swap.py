@@ -153,7 +153,9 @@ class SwapManager:
         if self._dir is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="agentrt-swap-")
             self._dir = Path(self._tmp.name)
-        self._dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        from agentrt.sessions.atomic import ensure_private_dir
+
+        ensure_private_dir(self._dir)
         return self._dir
 
     # -- reporting -------------------------------------------------------------------------

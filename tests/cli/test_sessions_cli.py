@@ -104,7 +104,7 @@ def test_ls_and_show_in_text_and_json(model_dir: Path, agentrt_home: Path) -> No
     assert result.exit_code == 0, result.output
     header, row = result.stdout.splitlines()
     assert header.split() == ["NAME", "MODEL", "TOKENS", "KV", "CR", "UPDATED", "STATUS"]
-    assert row.split()[0] == "alpha" and row.split()[-1] == "active"
+    assert row.split()[0] == "alpha" and row.split()[-1] == "saved"  # closed after its save
     (listed,) = json.loads(invoke("sessions", "ls", "--json").stdout)
     info = store().get_session("alpha")
     assert listed["name"] == "alpha" and listed["tokens"] == info.tokens > 0
@@ -344,3 +344,26 @@ def test_resume_unknown_session_and_unusable_model(model_dir: Path, tmp_path: Pa
     save_session(model_dir, "alpha")
     with_other = invoke("resume", "alpha", "--model", str(tmp_path / "nowhere"), "-n", "1")
     assert with_other.exit_code == 3, with_other.output  # ModelLoadError
+
+
+def test_show_marks_deleted_and_corrupt_checkpoints_missing(
+    model_dir: Path, agentrt_home: Path
+) -> None:
+    save_session(model_dir, "alpha", saves=3)
+    first, middle, newest = store().checkpoints("alpha")
+    (agentrt_home / first.file).unlink()
+    path = agentrt_home / newest.file
+    data = bytearray(path.read_bytes())
+    data[-5] ^= 0xFF  # same size, different bytes
+    path.write_bytes(bytes(data))
+    result = invoke("sessions", "show", "alpha")
+    assert result.exit_code == 0, result.output
+    lines = [line for line in result.stdout.splitlines() if middle.id[:8] in line]
+    assert lines and "MISSING" not in lines[0]
+    assert sum("MISSING" in line for line in result.stdout.splitlines()) == 2
+    assert "newest checkpoint (3) is unusable" in result.stderr
+    report = json.loads(invoke("sessions", "show", "alpha", "--json").stdout)
+    assert [c["missing"] for c in report["checkpoints"]] == [True, False, True]
+    assert report["layers"] and sum(x["slots"] for x in report["layers"]) == middle.slots
+    refused = invoke("resume", "alpha", "--model", str(model_dir), "-n", "0")
+    assert refused.exit_code == 4 and "--checkpoint 2" in refused.output
