@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from agentrt.dms.budget import format_bytes
+
 
 def human_bytes(n: float) -> str:
     """1536 → '1.5 KiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GiB"
+    return format_bytes(int(n), digits=1)
 
 
 class NullDisplay:

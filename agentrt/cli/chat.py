@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from agentrt.cli.options import db_option, device_option, home_option
+from agentrt.cli.options import db_option, device_option, home_option, kv_budget_option
 
 
 @click.command("chat")
@@ -46,15 +46,7 @@ from agentrt.cli.options import db_option, device_option, home_option
     show_default=True,
     help="Sampling temperature (0 = greedy).",
 )
-@click.option(
-    "--kv-budget",
-    default="1GiB",
-    show_default=True,
-    metavar="SIZE",
-    envvar="AGENTRT_KV_BUDGET",
-    show_envvar=True,
-    help="KV pool size, e.g. 512MiB.",
-)
+@kv_budget_option
 @device_option
 @home_option
 @db_option

@@ -61,6 +61,17 @@ device_option = click.option(
 )
 
 
+kv_budget_option = click.option(
+    "--kv-budget",
+    default="1GiB",
+    show_default=True,
+    metavar="SIZE",
+    envvar="AGENTRT_KV_BUDGET",
+    show_envvar=True,
+    help="KV pool size, e.g. 512MiB.",
+)
+
+
 def settings_options(func: F) -> F:
     """Add --home, --db, --model and --device to a command; read them with `resolve_settings`."""
     for option in (device_option, model_option, db_option, home_option):

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from agentrt.cli.options import db_option, device_option, home_option
+from agentrt.cli.options import db_option, device_option, home_option, kv_budget_option
 
 
 @click.command("serve")
@@ -30,15 +30,7 @@ from agentrt.cli.options import db_option, device_option, home_option
     default=None,
     help="Require `Authorization: Bearer KEY` on every route.",
 )
-@click.option(
-    "--kv-budget",
-    default="1GiB",
-    show_default=True,
-    metavar="SIZE",
-    envvar="AGENTRT_KV_BUDGET",
-    show_envvar=True,
-    help="KV pool size, e.g. 512MiB.",
-)
+@kv_budget_option
 @click.option(
     "--max-tokens-cap",
     type=click.IntRange(min=1),
