@@ -197,6 +197,18 @@ def decode_metadata(
     )
 
 
+def _layer_decisions(model, qkv, layer_idx: int, positions, policy) -> torch.Tensor:
+    """Hard eviction decisions [tokens, H_kv] of one layer (none when not evicting), policy applied."""
+    if model.evicting:
+        dec = hard_decisions(qkv.logits[0])
+    else:
+        tokens = qkv.q.shape[1]
+        dec = torch.zeros(tokens, model.arch.num_kv_heads, dtype=torch.bool, device=model.device)
+    if policy is not None:
+        dec = policy.decide(layer_idx, positions, dec)
+    return dec
+
+
 def _decode_layers(model, items, starts, window, h, cos, sin, positions, cu, policy):
     """All layers of a decode step: device-resident addressing, one host sync at the end."""
     arch, dms, hf, device = model.arch, model.dms, model.hf, model.device
@@ -209,12 +221,7 @@ def _decode_layers(model, items, starts, window, h, cos, sin, positions, cu, pol
     for layer_idx, layer in enumerate(hf.model.layers):
         qkv = project_layer(layer, h, cos, sin, arch, dms)
         q, k, v = qkv.q[0], qkv.k[0], qkv.v[0]  # [S, H, d]
-        if model.evicting:
-            dec = hard_decisions(qkv.logits[0])  # [S, H_kv]
-        else:
-            dec = torch.zeros(q.shape[0], arch.num_kv_heads, dtype=torch.bool, device=device)
-        if policy is not None:
-            dec = policy.decide(layer_idx, positions, dec)
+        dec = _layer_decisions(model, qkv, layer_idx, positions, policy)  # [S, H_kv]
         decisions.append(dec)
         idx = meta.write_idx[layer_idx]
         write_kv_slots(
@@ -261,12 +268,7 @@ def _chunk_layers(
     for layer_idx, layer in enumerate(hf.model.layers):
         qkv = project_layer(layer, h, cos, sin, arch, dms)
         q, k, v = qkv.q[0], qkv.k[0], qkv.v[0]  # [N, H, d]
-        if model.evicting:
-            dec = hard_decisions(qkv.logits[0])  # [N, H_kv]
-        else:
-            dec = torch.zeros(q.shape[0], arch.num_kv_heads, dtype=torch.bool, device=device)
-        if policy is not None:
-            dec = policy.decide(layer_idx, positions, dec)
+        dec = _layer_decisions(model, qkv, layer_idx, positions, policy)  # [N, H_kv]
         old_lens = [list(it.cache.lens[layer_idx]) for it in items]  # what the kernel may read
         plans, new_expiry = _plan(items, layer_idx, dec, starts, lengths, window)
         _apply_flags(items[0].cache.pool, plans)

@@ -9,9 +9,10 @@ from agentrt import Engine
 from agentrt.dms import DMSConfig, DMSModel, add_adapters
 
 
-def test_head_dim_8_prefills_generates_and_matches_hf() -> None:
+def _head_dim_8_config() -> LlamaConfig:
+    """Hidden 64 over 8 heads: head_dim 8, below the Triton tiles' 16 (seeds torch's RNG)."""
     torch.manual_seed(0)
-    cfg = LlamaConfig(
+    return LlamaConfig(
         vocab_size=97,
         hidden_size=64,
         intermediate_size=96,
@@ -20,6 +21,10 @@ def test_head_dim_8_prefills_generates_and_matches_hf() -> None:
         num_key_value_heads=4,
         max_position_embeddings=256,
     )
+
+
+def test_head_dim_8_prefills_generates_and_matches_hf() -> None:
+    cfg = _head_dim_8_config()
     assert cfg.hidden_size // cfg.num_attention_heads == 8
     hf = AutoModelForCausalLM.from_config(cfg).eval()
     model = DMSModel(hf)  # plain model: eviction off, the reference path must equal HF
@@ -42,16 +47,7 @@ def test_head_dim_8_prefills_generates_and_matches_hf() -> None:
 
 
 def test_head_dim_8_serves_with_eviction() -> None:
-    torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=97,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=8,
-        num_key_value_heads=4,
-        max_position_embeddings=256,
-    )
+    cfg = _head_dim_8_config()
     hf = AutoModelForCausalLM.from_config(cfg).eval()
     add_adapters(hf)
     with torch.no_grad():
