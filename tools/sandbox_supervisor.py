@@ -5,8 +5,11 @@ environment and a new session (and, where Linux allows it, in new user, PID, mou
 network namespaces, where it is PID 1). It reads its settings as JSON on stdin, starts the
 code as its only child, and on exit, timeout or too much memory kills every descendant. On
 Linux it is a child subreaper, so descendants that detach (double fork, `setsid`,
-`setpgid`) are reparented to it and still found. It writes one JSON status line to stderr. Each poll (every 20 ms) counts the descendants
-and sums their resident memory: too many processes or too much memory together ends the run.
+`setpgid`) are reparented to it and still found. It writes one JSON status line to stderr.
+Each poll (every 20 ms) counts the descendants and sums their resident memory: too many
+processes or too much memory together ends the run. A burst of forks that falls between two
+polls and whose parent exits leaves its orphans with the supervisor; they are counted once more
+after the code's exit.
 Standard library only: `-S` leaves site-packages (and agentrt) out of `sys.path`.
 """
 
@@ -148,6 +151,8 @@ def main():
             status = "memory"
             break
         time.sleep(POLL_S)
+    if status == "exit" and len(descendants(os.getpid())) > cfg["max_processes"]:
+        status = "processes"  # forked between two polls and exited: the orphans are ours now
     kill_all(child)
     report = {"status": status, "returncode": child.wait(), "peak_rss": peak}
     sys.stderr.write(json.dumps(report) + "\n")

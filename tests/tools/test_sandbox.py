@@ -263,6 +263,28 @@ def test_process_count_is_capped(tmp_path: Path, isolation_mode: str) -> None:
     assert refused or out.endswith("[killed: the code ran more than 4 processes at once]"), out
 
 
+def test_a_fork_burst_between_two_polls_is_counted(tmp_path: Path, isolation_mode: str) -> None:
+    # the code forks 10 sleepers and exits at once, likely between two 20 ms polls: the
+    # orphans are the supervisor's (subreaper / PID 1) and are counted after the exit
+    if not Path("/proc/self/task").exists():
+        pytest.skip("the supervisor counts processes through /proc (Linux)")
+    tools = builtin_registry(
+        PermissionPolicy(tmp_path, allow_python=True), SandboxLimits(max_processes=4)
+    )
+    code = (
+        "import os, time\n"
+        "try:\n"
+        "    for _ in range(10):\n"
+        "        if os.fork() == 0:\n"
+        "            time.sleep(5); os._exit(0)\n"
+        "except BlockingIOError: print('refused')\n"
+    )
+    start = time.monotonic()
+    out = tools.call("python", {"code": code, "timeout_s": 20})
+    assert time.monotonic() - start < 4  # the sleepers were killed, not waited for
+    assert out == "refused\n" or out.endswith("[killed: the code ran more than 4 processes at once]")
+
+
 def test_children_are_killed_when_the_code_kills_its_supervisor(
     tools: ToolRegistry, tmp_path: Path, isolation_mode: str
 ) -> None:
