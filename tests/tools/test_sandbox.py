@@ -282,7 +282,9 @@ def test_a_fork_burst_between_two_polls_is_counted(tmp_path: Path, isolation_mod
     start = time.monotonic()
     out = tools.call("python", {"code": code, "timeout_s": 20})
     assert time.monotonic() - start < 4  # the sleepers were killed, not waited for
-    assert out == "refused\n" or out.endswith("[killed: the code ran more than 4 processes at once]")
+    assert out == "refused\n" or out.endswith(
+        "[killed: the code ran more than 4 processes at once]"
+    )
 
 
 def test_children_are_killed_when_the_code_kills_its_supervisor(
