@@ -10,7 +10,7 @@ from agentrt.errors import ConfigError
 from agentrt.evals.render import token_counter
 from agentrt.evals.tasks import TASKS, extract_answer, item_seed, normalise
 from agentrt.evals.tasks.agent_tools import TOOLS, calculate, parse_tool_calls, run_tool
-from agentrt.evals.tasks.base import fit_count
+from agentrt.evals.tasks.base import fit_count, stated_number
 from tests.evals.helpers import small_tokenizer
 
 LENGTHS = [512, 1536]
@@ -123,6 +123,25 @@ def test_answer_extraction_and_normalisation() -> None:
     assert extract_answer("no marker\n\n  1234 \n") == "1234"
     assert extract_answer("") == ""
     assert normalise('  "The  Value." ') == "the value"
+
+
+def test_a_one_sentence_reply_states_a_numeric_answer(count) -> None:
+    # small models answer "The special magic number for X is 1631627." without an Answer: line
+    item = TASKS["niah"].generate(3, 600, count)
+    key = item.messages[1]["content"].rsplit("for ", 1)[1].rstrip("?")
+    said = f"The special magic number for {key} is {item.answer}."
+    assert TASKS["niah"].score(item, [said]) == 1.0
+    assert TASKS["niah"].score(item, [f"The number is {item.answer}.\nAnswer: 7"]) == 0.0
+    assert TASKS["niah"].score(item, [f"It is 12.\n{item.answer} maybe"]) == 0.0  # first line only
+    assert TASKS["niah"].score(item, [f"It is {item.answer}0."]) == 0.0
+    assert stated_number("Balance: 1,027 in all.") == "1027"
+    assert stated_number("no number here") == "" and stated_number("") == ""
+
+
+def test_lookup_is_a_single_needle(count) -> None:
+    item = TASKS["lookup"].generate(5, 700, count)
+    assert item.messages[1]["content"].count("The special magic number for") == 1
+    assert item.id.startswith("lookup-") and item.task == "lookup"
 
 
 def test_item_seeds_separate_splits_tasks_lengths_and_indices() -> None:

@@ -13,6 +13,7 @@ from agentrt.evals.tasks.vt import VariableTrackingTask
 
 TASKS: dict[str, Task] = {
     "niah": NeedleTask(),
+    "lookup": NeedleTask(needles=1, name="lookup"),
     "vt": VariableTrackingTask(),
     "arith": ArithmeticTask(),
     "agent": AgentTask(),

@@ -16,6 +16,7 @@ Message = dict[str, Any]  # {"role": "system"|"user"|"assistant"|"tool", "conten
 TokenCounter = Callable[[list[Message], list[dict[str, Any]] | None], int]
 
 ANSWER_RE = re.compile(r"answer\s*:", re.IGNORECASE)
+NUMBER_RE = re.compile(r"-?\d[\d,]*(?:\.\d+)?")
 SYSTEM_PROMPT = (
     "You are a careful assistant working with long documents. "
     "Finish your reply with a last line of the form 'Answer: <value>'."
@@ -89,11 +90,27 @@ def extract_answer(text: str) -> str:
     return normalise(lines[-1]) if lines else ""
 
 
+def stated_number(text: str) -> str:
+    """The last number on the reply's first non-empty line ('… is 1631627.' -> '1631627'), or ''."""
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()]
+    numbers = NUMBER_RE.findall(lines[0]) if lines else []
+    return numbers[-1].replace(",", "") if numbers else ""
+
+
 def exact_match(item: Item, replies: list[str]) -> float:
-    """1.0 iff the last reply's extracted answer equals the item's answer."""
+    """1.0 iff the last reply's final answer equals the item's answer.
+
+    The final answer follows the last 'Answer:'. A reply without that line (small models
+    answer in one sentence: 'The special magic number for X is 1631627.') is judged by its
+    last line, or, for a numeric answer, by the last number its first line states.
+    """
     if not replies:
         return 0.0
-    return float(extract_answer(replies[-1]) == item.answer)
+    reply = replies[-1]
+    if extract_answer(reply) == item.answer:
+        return 1.0
+    numeric = NUMBER_RE.fullmatch(item.answer) is not None
+    return float(numeric and not ANSWER_RE.search(reply) and stated_number(reply) == item.answer)
 
 
 def fit_count(build: Callable[[int], Any], measure: Callable[[Any], int], target: int) -> Any:

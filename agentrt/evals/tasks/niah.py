@@ -62,7 +62,7 @@ class NeedleTask:
             f"niah/{seed}", target, self.needles, self.followups, question, reply
         )
         return Item(
-            id=f"niah-{length}-{seed}",
+            id=f"{self.name}-{length}-{seed}",
             task=self.name,
             messages=tuple(messages),
             reference=reference,
