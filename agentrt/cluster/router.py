@@ -171,21 +171,26 @@ class Router:
             raise SessionError(f"no live replica {replica!r}")
         self._call(replica, "set_draining", True)
         with self._lock:
-            names = [n for n, r in self._where.items() if r == replica]
+            names = sorted(n for n, r in self._where.items() if r == replica)
         return {n: self.move(n) for n in names}
 
+    def undrain(self, replica: str) -> None:
+        """Let `replica` take new sessions again."""
+        self._call(replica, "set_draining", False)
+
     def rebalance(self, max_used: float = 0.9) -> dict[str, str]:
-        """Move the largest session off each replica whose pool is more than `max_used` full
-        (to the replica with the most free bytes, when it fits there); returns the moves."""
+        """Move the largest idle session off each replica whose KV pool is more than
+        `max_used` full, to the non-draining replica under that mark with the most free
+        bytes (when the session fits there); returns the moves."""
         moves: dict[str, str] = {}
-        infos = {i.name: i for i in self.replicas()}
-        for info in infos.values():
-            if info.used_fraction <= max_used or not info.sessions:
+        infos = self.replicas()
+        under = [i for i in infos if i.used_fraction <= max_used and not i.draining]
+        for info in infos:
+            if info.used_fraction <= max_used or not info.sessions or not under:
                 continue
-            name, size = max(info.sessions.items(), key=lambda kv: kv[1])
-            others = [i for i in infos.values() if i.name != info.name and not i.draining]
-            best = max(others, key=lambda i: i.free_bytes, default=None)
-            if best is not None and best.free_bytes > size:
+            name, size = max(info.sessions.items(), key=lambda kv: (kv[1], kv[0]))
+            best = max(under, key=lambda i: i.free_bytes)
+            if best.free_bytes > size:
                 moves[name] = self.move(name, best.name)
         return moves
 

@@ -94,6 +94,27 @@ def test_move_a_to_b_continues_with_identical_tokens(router, reference):
     assert name in infos[b].sessions and name not in infos[a].sessions
 
 
+def test_drain_moves_every_session_off_and_rebalance_moves_back(router, reference):
+    names = [unique(f"drain{i}") for i in range(4)]
+    for i, n in enumerate(names):
+        router.new_session(n)
+        assert router.turn(n, prompt(i, 0), **GEN).tokens == reference.turn(n, prompt(i, 0))
+    moves = router.drain("replica-0")
+    assert set(moves.values()) <= {"replica-1"}
+    infos = {i.name: i for i in router.replicas()}
+    assert infos["replica-0"].draining and not infos["replica-0"].sessions
+    assert router.new_session(unique("afterdrain")) == "replica-1"  # no new sessions there
+    assert {p.replica for p in router.placements.all()} == {"replica-1"}
+    # replica-1 is now "over budget" at a mark just below its use: its largest session moves
+    router.undrain("replica-0")
+    mark = infos["replica-1"].used_fraction - 1e-9
+    biggest = max(infos["replica-1"].sessions.items(), key=lambda kv: (kv[1], kv[0]))[0]
+    assert router.rebalance(max_used=mark) == {biggest: "replica-0"}
+    assert router.placements.get(biggest).replica == "replica-0"
+    for i, n in enumerate(names):  # moved sessions continue exactly
+        assert router.turn(n, prompt(i, 1), **GEN).tokens == reference.turn(n, prompt(i, 1))
+
+
 def test_killed_replica_sessions_continue_elsewhere_from_their_checkpoint(
     router, reference, ray_cluster
 ):
