@@ -57,14 +57,18 @@ def start_replica(name: str, config: ClusterConfig, replica: ReplicaConfig) -> A
     ).remote(name, replica)
 
 
-def call(handle: Any, method: str, *args: Any, timeout: float | None = None) -> Any:
+def call(handle: Any, method: str, *args: Any) -> Any:
     """Run one actor method and wait for it; AgentRTErrors come back as themselves.
 
     Raises `ActorGone` when the actor died (before or during the call).
     """
-    ref = getattr(handle, method).remote(*args)
+    return gather([getattr(handle, method).remote(*args)])[0]
+
+
+def gather(refs: list[Any]) -> list[Any]:
+    """ray.get on many calls; AgentRTErrors come back as themselves, a dead actor as ActorGone."""
     try:
-        return ray.get(ref, timeout=timeout)
+        return ray.get(refs)
     except ray.exceptions.RayActorError as err:
         raise ActorGone(str(err)) from None
     except ray.exceptions.RayTaskError as err:

@@ -15,6 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from agentrt.cluster.errors import ReplicaLost
 from agentrt.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -129,8 +130,13 @@ def run_on_ray(
     )
     workers = [cls.remote(part, home, db, device) for part in parts]
     try:
-        results = ray.get([w.run.remote(part) for w, part in zip(workers, parts, strict=True)])
-        ray.get([w.close.remote() for w in workers])
+        results = actor.gather([w.run.remote(p) for w, p in zip(workers, parts, strict=True)])
+        actor.gather([w.close.remote() for w in workers])
+    except actor.ActorGone as err:
+        raise ReplicaLost(
+            f"a replica running this task's inputs died ({err}); nothing was merged",
+            hint="rerun the task: each input starts afresh in its own session",
+        ) from None
     finally:
         for w in workers:
             actor.kill(w)

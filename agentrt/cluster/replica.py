@@ -129,7 +129,8 @@ class Replica:
 
     def release(self, name: str) -> int:
         """Save and close a session so another replica can open it; returns tokens saved."""
-        tokens = self.save(name) if self._session(name).tokens else 0
+        session = self._session(name)
+        tokens = self.save(name) if session.dirty else session.saved_tokens
         self.close(name)
         return tokens
 

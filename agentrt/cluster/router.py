@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from agentrt.cluster.config import ClusterConfig
 from agentrt.cluster.errors import ReplicaLost
 from agentrt.cluster.replica import ReplicaInfo, TurnResult
-from agentrt.errors import BudgetError, SessionError
+from agentrt.errors import AgentRTError, BudgetError, ConfigError, SessionError
 
 if TYPE_CHECKING:
     from agentrt.sessions.placements import PlacementStore
@@ -127,6 +127,7 @@ class Router:
 
     def turn(self, name: str, ids: list[int], **sampling: Any) -> TurnResult:
         """Prefill `ids` into session `name` and generate (sampling: SamplingParams fields)."""
+        _check_sampling(sampling)
         replica = self.where(name)
         result: TurnResult = self._call(replica, "turn", name, list(ids), sampling)
         with self._lock:
@@ -272,9 +273,25 @@ class Router:
                     target = self._pick()
                     self._reopen(name, target, saved)
                     moved[name] = target
-                except (SessionError, BudgetError) as err:
+                except AgentRTError as err:  # e.g. its newest blob never reached the store
                     self.lost[name] = f"replica {replica!r} died and reopening failed: {err}"
                     self._forget(name)
             for p in self.placements.on_replica(replica):  # rows this router did not know
                 self.placements.remove(p.session_name)
             return moved
+
+
+def _check_sampling(sampling: dict[str, Any]) -> None:
+    """ConfigError for sampling options SamplingParams does not know, or values it refuses."""
+    import dataclasses
+
+    from agentrt.engine.sampling import SamplingParams
+
+    known = {f.name for f in dataclasses.fields(SamplingParams)}
+    unknown = sorted(set(sampling) - known)
+    if unknown:
+        raise ConfigError(
+            f"unknown sampling option(s) {', '.join(unknown)}",
+            hint=f"use SamplingParams fields: {', '.join(sorted(known))}",
+        )
+    SamplingParams(**sampling)  # its own checks, before a replica sees the request

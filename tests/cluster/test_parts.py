@@ -92,3 +92,20 @@ def test_shards_round_robin_and_merge_in_input_order(tmp_path):
     check_spreadable(spec, resume=False)
     with pytest.raises(ConfigError, match="--resume"):
         check_spreadable(spec, resume=True)
+
+
+def test_capacity_reads_the_engines_byte_accounting():
+    from agentrt.cluster.capacity import GIB, LLAMA_1B, LLAMA_8B, estimate, session_bytes
+
+    # dense 1B at 32k: 16 layers x 8 heads streams of 32768 slots, K+V bf16 (2 x 64 x 2 B)
+    # plus 8 B of slot metadata each
+    assert session_bytes(LLAMA_1B, 32768, 1.0) == 16 * 8 * 32768 * (2 * 64 * 2 + 8)
+    assert session_bytes(LLAMA_1B, 32768, 8.0) == 16 * 8 * 4096 * (2 * 64 * 2 + 8)
+    # short sessions never drop below the window ring (w + 1 = 513 slots, rounded to blocks)
+    assert session_bytes(LLAMA_8B, 1000, 8.0) == 32 * 8 * 528 * (2 * 128 * 2 + 8)
+    big = estimate(LLAMA_8B, 32768, 8.0, gpu_bytes=80 * GIB)
+    assert (
+        big.sessions
+        == big.kv_budget // big.session_bytes
+        > 8 * estimate(LLAMA_8B, 32768, 1.0).sessions - 8
+    )

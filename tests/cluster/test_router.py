@@ -94,6 +94,23 @@ def test_move_a_to_b_continues_with_identical_tokens(router, reference):
     assert name in infos[b].sessions and name not in infos[a].sessions
 
 
+def test_user_errors_come_back_as_agentrt_errors(router):
+    from agentrt.errors import ConfigError, SessionError
+
+    name = unique("errs")
+    router.new_session(name)
+    with pytest.raises(ConfigError, match="unknown sampling option"):
+        router.turn(name, [5], temprature=0.5)
+    with pytest.raises(
+        SessionError, match="outside the model's vocabulary"
+    ):  # raised in the replica
+        router.turn(name, [10**6], **GEN)
+    with pytest.raises(SessionError, match="not placed"):
+        router.turn(unique("nobody"), [5], **GEN)
+    router.close_session(name)
+    assert router.placements.get(name) is None
+
+
 def test_drain_moves_every_session_off_and_rebalance_moves_back(router, reference):
     names = [unique(f"drain{i}") for i in range(4)]
     for i, n in enumerate(names):
