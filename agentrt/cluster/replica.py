@@ -91,6 +91,11 @@ class Replica:
     # -- sessions ----------------------------------------------------------------------
     def create(self, name: str, seed: int | None = None) -> None:
         """A new empty session `name` (unsaved until its first turn's checkpoint)."""
+        if self.engine.persistence.store.name_taken(name) is not None:
+            raise SessionError(
+                f"a saved session named {name!r} already exists",
+                hint="open it (Router.open_session) or choose another name",
+            )
         self.engine.new_session(name, seed=seed)
         self._turns[name] = 0
 

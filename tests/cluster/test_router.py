@@ -94,7 +94,7 @@ def test_move_a_to_b_continues_with_identical_tokens(router, reference):
     assert name in infos[b].sessions and name not in infos[a].sessions
 
 
-def test_user_errors_come_back_as_agentrt_errors(router):
+def test_user_errors_come_back_as_agentrt_errors(router, reference):
     from agentrt.errors import ConfigError, SessionError
 
     name = unique("errs")
@@ -107,8 +107,13 @@ def test_user_errors_come_back_as_agentrt_errors(router):
         router.turn(name, [10**6], **GEN)
     with pytest.raises(SessionError, match="not placed"):
         router.turn(unique("nobody"), [5], **GEN)
-    router.close_session(name)
+    assert router.turn(name, [5, 6], **GEN).tokens == reference.turn(name, [5, 6])
+    router.close_session(name)  # saved and closed: no placement left
     assert router.placements.get(name) is None
+    with pytest.raises(SessionError, match="already exists"):  # saved: open it instead
+        router.new_session(name)
+    assert router.open_session(name) in router.handles
+    assert router.turn(name, [7], **GEN).tokens == reference.turn(name, [7])
 
 
 def test_drain_moves_every_session_off_and_rebalance_moves_back(router, reference):

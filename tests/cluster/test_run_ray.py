@@ -30,6 +30,8 @@ def _records(path: Path) -> list[dict]:
     for line in path.read_text().splitlines():
         rec = json.loads(line)
         rec.pop("timings")
+        for call in rec["tool_calls"]:
+            call.pop("seconds")
         out.append(rec)
     return out
 
