@@ -259,6 +259,29 @@ class RunItemRow(Base):
     )
 
 
+class PlacementRow(Base):
+    """Which engine replica of a cluster holds a session now (scale-out on Ray).
+
+    Keyed by session name, not id: a session is placed before its first checkpoint gives
+    it a catalog row. Rows of a replica that died are moved or removed by the router.
+    """
+
+    __tablename__ = "placements"
+
+    session_name: Mapped[str] = mapped_column(
+        String(NAME_LENGTH), primary_key=True, doc="Session name (unique in the catalog)."
+    )
+    replica: Mapped[str] = mapped_column(
+        String(NAME_LENGTH), index=True, doc="Name of the replica that holds the session."
+    )
+    node: Mapped[str | None] = mapped_column(
+        String(NAME_LENGTH), nullable=True, doc="Ray node id of that replica, if known."
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        DateTime(timezone=True), default=utcnow, onupdate=utcnow, doc="Last change (UTC)."
+    )
+
+
 __all__ = [
     "CHECKPOINT_KINDS",
     "MESSAGE_ROLES",
@@ -269,6 +292,7 @@ __all__ = [
     "Base",
     "CheckpointRow",
     "MessageRow",
+    "PlacementRow",
     "RunItemRow",
     "RunRow",
     "SessionRow",

@@ -342,11 +342,12 @@ class TaskRunner:
         }
 
 
-def open_engine(spec: TaskSpec, *, device: str | None = None) -> Any:
-    """The engine a task asks for (model, device, KV budget, DMS options or `off`)."""
+def open_engine(spec: TaskSpec, *, device: str | None = None, **engine: Any) -> Any:
+    """The engine a task asks for (model, device, KV budget, DMS options or `off`); `engine`
+    adds Engine options (a Ray replica passes its `home` and `db`)."""
     from agentrt import Engine
 
-    kwargs: dict[str, Any] = {"kv_budget": spec.kv_budget}
+    kwargs: dict[str, Any] = {"kv_budget": spec.kv_budget, **engine}
     if spec.dms == "off":
         from agentrt.dms.policies import make_policy
 

@@ -113,3 +113,23 @@ __all__ = [
     "setting_source",
     "settings_options",
 ]
+
+
+def ray_options(f: F) -> F:
+    """`--ray [ADDRESS]` and `--replicas N`: scale out over a Ray cluster (docs/SCALE_OUT.md)."""
+    f = click.option(
+        "--replicas",
+        type=click.IntRange(min=1),
+        default=2,
+        show_default=True,
+        help="Engine replicas to start with --ray (one per GPU, or per CPU worker).",
+    )(f)
+    return click.option(
+        "--ray",
+        "ray_address",
+        is_flag=False,
+        flag_value="local",
+        default=None,
+        metavar="[ADDRESS|auto]",
+        help="Run on Ray: alone, a new local cluster; `auto` or host:port joins a running one.",
+    )(f)

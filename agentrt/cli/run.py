@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from agentrt.cli.main import EXIT_INTERRUPTED
+from agentrt.cli.options import ray_options
+
+if TYPE_CHECKING:
+    from agentrt.agent.task import TaskSpec
 
 
 @click.command("run")
@@ -24,6 +30,7 @@ from agentrt.cli.main import EXIT_INTERRUPTED
     help="auto, cpu, cuda or cuda:N (overrides the task file).",
 )
 @click.option("--check", is_flag=True, help="Only validate the task file (no model is loaded).")
+@ray_options
 @click.pass_context
 def run_cmd(
     ctx: click.Context,
@@ -32,6 +39,8 @@ def run_cmd(
     sets: tuple[str, ...],
     device: str | None,
     check: bool,
+    ray_address: str | None,
+    replicas: int,
 ) -> None:
     """Run the inputs of TASK_FILE through the agent loop; one JSONL record per input."""
     from agentrt.agent.task import load_task
@@ -40,6 +49,10 @@ def run_cmd(
     quiet = (ctx.obj or {}).get("verbosity", 0) < 0
     if check:
         click.echo(f"{task_file}: ok ({len(spec.inputs)} inputs, output {spec.output})")
+        return
+    if ray_address is not None:
+        if _run_on_ray(spec, resume=resume, device=device, address=ray_address, replicas=replicas):
+            ctx.exit(1)
         return
     from agentrt.agent.display import NullDisplay, RichDisplay
     from agentrt.agent.runner import TaskRunner, open_engine, open_store
@@ -66,3 +79,30 @@ def run_cmd(
         ctx.exit(EXIT_INTERRUPTED)
     if summary.failed:
         ctx.exit(1)
+
+
+def _run_on_ray(
+    spec: TaskSpec, *, resume: bool, device: str | None, address: str, replicas: int
+) -> bool:
+    """The independent inputs of `spec` spread over `replicas` Ray actors; True if any failed."""
+    from agentrt.cluster.batch import check_spreadable, run_on_ray
+    from agentrt.settings import load_settings
+
+    check_spreadable(spec, resume=resume)
+    settings = load_settings()
+    results = run_on_ray(
+        spec,
+        replicas=replicas,
+        address=address,
+        home=str(settings.home),
+        db=settings.db_url,
+        device=device,
+    )
+    failed = [i for r in results for i in r.failed]
+    done = sum(len(r.records) for r in results) - len(failed)
+    click.echo(
+        f"runs {', '.join(r.run_id for r in results)} on {len(results)} replicas: {done} done, "
+        f"{len(failed)} failed; results in {spec.output}",
+        err=True,
+    )
+    return bool(failed)

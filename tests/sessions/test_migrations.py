@@ -58,6 +58,7 @@ EXPECTED: dict[str, list[str]] = {
         "id", "run_id", "input_id", "status", "output", "error", "session_id", "started_at",
         "finished_at",
     ],
+    "placements": ["session_name", "replica", "node", "updated_at"],
 }  # fmt: skip
 
 EXPECTED_FOREIGN_KEYS: dict[tuple[str, str], tuple[str, str]] = {
