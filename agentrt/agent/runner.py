@@ -347,6 +347,10 @@ def open_engine(spec: TaskSpec, *, device: str | None = None) -> Any:
     from agentrt import Engine
 
     kwargs: dict[str, Any] = {"kv_budget": spec.kv_budget}
+    if spec.session.keep_checkpoints is not None:
+        from agentrt.sessions.retention import CheckpointPolicy
+
+        kwargs["checkpoints"] = CheckpointPolicy(keep=spec.session.keep_checkpoints)
     if spec.dms == "off":
         from agentrt.dms.policies import make_policy
 

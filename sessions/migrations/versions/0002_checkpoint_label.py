@@ -19,12 +19,10 @@ depends_on = None
 
 
 def upgrade() -> None:
-    """Add checkpoints.label."""
-    with op.batch_alter_table("checkpoints") as batch:
-        batch.add_column(sa.Column("label", sa.String(200), nullable=True))
+    """Add checkpoints.label (plain ADD COLUMN: SQLite and PostgreSQL both support it)."""
+    op.add_column("checkpoints", sa.Column("label", sa.String(200), nullable=True))
 
 
 def downgrade() -> None:
-    """Drop checkpoints.label."""
-    with op.batch_alter_table("checkpoints") as batch:
-        batch.drop_column("label")
+    """Drop checkpoints.label (SQLite 3.35+ and PostgreSQL support DROP COLUMN)."""
+    op.drop_column("checkpoints", "label")
