@@ -99,7 +99,7 @@ def load_chain(
         load_checkpoint,
         load_delta,
     )
-    from agentrt.sessions.delta import apply_delta
+    from agentrt.sessions.delta import apply_deltas
 
     chain = chain_of(rows, target)
     who = f"of session {session!r} " if session else ""
@@ -115,6 +115,9 @@ def load_chain(
         return err
 
     loaded: LoadedCheckpoint | None = None
+    deltas = []
+    token_ids: list[int] = []
+    extra: dict = {}
     for n, link in enumerate(chain, start=1):
         if link.missing:
             raise broken(n, link, "it is marked missing", lost=False)
@@ -129,6 +132,7 @@ def load_chain(
                 if link.kind != "full":
                     raise CheckpointError(f"its chain starts with a {link.kind} checkpoint")
                 loaded = load_checkpoint(path, **expect)
+                token_ids, extra = list(loaded.token_ids), dict(loaded.extra)
                 continue
             delta = load_delta(path, **expect)
         except (CheckpointFileMissing, CheckpointCorrupt) as err:
@@ -136,31 +140,37 @@ def load_chain(
         except CheckpointError as err:
             raise broken(n, link, err.message, lost=False) from None
         parent = chain[n - 2]
-        if delta.parent_sha256 != parent.sha256 or delta.parent_tokens != len(loaded.token_ids):
+        if delta.parent_sha256 != parent.sha256 or delta.parent_tokens != len(token_ids):
             raise broken(
                 n,
                 link,
                 f"it was written on top of another checkpoint (sha256 {delta.parent_sha256[:16]}…"
                 f", {delta.parent_tokens} tokens), not on link {n - 1} (sha256 "
-                f"{parent.sha256[:16]}…, {len(loaded.token_ids)} tokens)",
+                f"{parent.sha256[:16]}…, {len(token_ids)} tokens)",
                 lost=False,
             )
-        try:
-            state = apply_delta(loaded.state, delta.delta)
-        except CheckpointError as err:
-            raise broken(n, link, f"it does not fit its parent: {err.message}", lost=True) from None
-        lacking = [k for k in delta.extra_names if k not in delta.extra and k not in loaded.extra]
+        lacking = [k for k in delta.extra_names if k not in delta.extra and k not in extra]
         if lacking:
             raise broken(n, link, f"it inherits extra tensors {lacking} nobody holds", lost=True)
-        extra = {k: delta.extra.get(k, loaded.extra.get(k)) for k in delta.extra_names}
+        extra = {k: delta.extra.get(k, extra.get(k)) for k in delta.extra_names}
+        token_ids += delta.new_tokens
+        deltas.append((n, link, delta))
+    assert loaded is not None
+    if deltas:
+        try:
+            state = apply_deltas(loaded.state, [d.delta for _, _, d in deltas])
+        except CheckpointError as err:
+            n, link = _blamed(err.message, deltas)
+            raise broken(n, link, f"it does not fit its parent: {err.message}", lost=True) from None
+        last = deltas[-1][2]
         loaded = LoadedCheckpoint(
             state=state,
-            token_ids=loaded.token_ids + delta.new_tokens,
-            extra=extra,  # type: ignore[arg-type]
-            metadata=delta.metadata,
-            fingerprint_parts=delta.fingerprint_parts,
-            header=delta.header,
-            format_version=int(delta.header["format_version"]),
+            token_ids=token_ids,
+            extra=extra,
+            metadata=last.metadata,
+            fingerprint_parts=last.fingerprint_parts,
+            header=last.header,
+            format_version=int(last.header["format_version"]),
         )
     assert loaded is not None
     if loaded.next_pos != target.tokens:
@@ -171,6 +181,16 @@ def load_chain(
             lost=False,
         )
     return loaded
+
+
+def _blamed(message: str, deltas: list) -> tuple[int, CheckpointInfo]:
+    """The (link number, row) a delta error message ("delta K ...") refers to."""
+    import re
+
+    found = re.match(r"delta (\d+)", message)
+    k = int(found.group(1)) if found else len(deltas)
+    n, link, _ = deltas[min(max(k, 1), len(deltas)) - 1]
+    return n, link
 
 
 __all__ = ["BrokenChain", "chain_of", "chain_usable", "load_chain", "needed_by"]

@@ -174,52 +174,99 @@ class DeltaBase:
 def apply_delta(
     base: dict[str, torch.Tensor], delta: dict[str, torch.Tensor]
 ) -> dict[str, torch.Tensor]:
-    """The cache state `delta` was taken from, given the state of its base checkpoint.
+    """The cache state `delta` was taken from, given the state of its base checkpoint."""
+    return apply_deltas(base, [delta])
 
-    Raises CheckpointError when the delta does not fit the base (a chain put together wrong).
+
+def apply_deltas(
+    base: dict[str, torch.Tensor], deltas: list[dict[str, torch.Tensor]]
+) -> dict[str, torch.Tensor]:
+    """The cache state after applying `deltas` in order on top of `base` (a full state).
+
+    Works per stream in buffers sized for the longest the stream gets in the chain, so a
+    chain costs two copies of the state (in and out) plus the bytes of its deltas, not a
+    copy per link. Raises CheckpointError naming the delta (1-based) that does not fit.
     """
     import torch
 
     from agentrt.dms.cache_state import validate_state
 
     layers, heads, head_dim, base_lens = validate_state(base)
+    for n, delta in enumerate(deltas, start=1):
+        missing = [
+            f"layer.{layer}.{f}"
+            for layer in range(layers)
+            for f in ("lens", "rows", "k", "v", "pos", "expiry", "flag_rows", "flag_expiry")
+            if f"layer.{layer}.{f}" not in delta
+        ] + [g for g in _GLOBALS if g not in delta]
+        if missing:
+            raise CheckpointError(f"delta {n} lacks tensors {missing[:4]}")
     out: dict[str, torch.Tensor] = {}
     for layer in range(layers):
-        try:
-            new_lens = [int(n) for n in delta[f"layer.{layer}.lens"].tolist()]
+        lens = list(base_lens[layer])
+        seq = [[int(x) for x in d[f"layer.{layer}.lens"].tolist()] for d in deltas]
+        for n, row in enumerate(seq, start=1):
+            if len(row) != heads or min(row, default=0) < 0:
+                raise CheckpointError(f"delta {n} of layer {layer} has slot counts {row}")
+        cap = max([max(lens, default=0)] + [max(r, default=0) for r in seq] + [1])
+        bufs = {}
+        for name in ("k", "v", "pos", "expiry"):
+            src = base[f"layer.{layer}.{name}"]
+            buf = src.new_zeros((heads, cap, *src.shape[1:]))
+            h_idx, s_idx = _stream_index(lens)
+            buf[h_idx, s_idx] = src
+            bufs[name] = buf
+        for n, (delta, new_lens) in enumerate(zip(deltas, seq, strict=True), start=1):
             rows = delta[f"layer.{layer}.rows"].to(torch.int64)
             flag_rows = delta[f"layer.{layer}.flag_rows"].to(torch.int64)
-        except KeyError as err:
-            raise CheckpointError(f"delta lacks tensor {err.args[0]!r}") from None
-        if len(new_lens) != heads or min(new_lens, default=0) < 0:
-            raise CheckpointError(f"delta of layer {layer} has slot counts {new_lens}")
-        total = sum(new_lens)
-        if (rows.numel() and int(rows.max()) >= total) or (
-            flag_rows.numel() and int(flag_rows.max()) >= total
-        ):
-            raise CheckpointError(f"delta of layer {layer} writes rows past its {total} slots")
-        src, valid = _base_rows(base_lens[layer], new_lens)
-        covered = valid.clone()
-        covered[rows] = True
-        if not bool(covered.all()):
-            raise CheckpointError(f"delta of layer {layer} leaves new slots without K/V")
-        keep, dst = src[valid], valid.nonzero().flatten()
+            total = sum(new_lens)
+            for r in (rows, flag_rows):
+                if r.numel() and (int(r.min()) < 0 or int(r.max()) >= total):
+                    raise CheckpointError(f"delta {n} of layer {layer} writes past its slots")
+            if rows.numel() > 1 and not bool((rows[1:] > rows[:-1]).all()):
+                raise CheckpointError(f"delta {n} of layer {layer} has unordered rows")
+            h_rows, s_rows = _unpack(rows, new_lens)
+            old = torch.tensor(lens, dtype=torch.int64)
+            grown = sum(max(0, b - a) for a, b in zip(lens, new_lens, strict=True))
+            if int((s_rows >= old[h_rows]).sum()) != grown:
+                raise CheckpointError(f"delta {n} of layer {layer} leaves new slots without K/V")
+            for name in ("k", "v", "pos", "expiry"):
+                value = delta[f"layer.{layer}.{name}"]
+                if value.shape[0] != rows.numel():
+                    raise CheckpointError(f"delta {n} of layer {layer} has a bad {name!r}")
+                bufs[name][h_rows, s_rows] = value.to(bufs[name].dtype)
+            h_flag, s_flag = _unpack(flag_rows, new_lens)
+            bufs["expiry"][h_flag, s_flag] = delta[f"layer.{layer}.flag_expiry"].to(torch.int32)
+            lens = new_lens
+        h_idx, s_idx = _stream_index(lens)
         for name in ("k", "v", "pos", "expiry"):
-            old = base[f"layer.{layer}.{name}"]
-            new = old.new_empty((total, *old.shape[1:]))
-            new[dst] = old[keep]
-            new[rows] = delta[f"layer.{layer}.{name}"].to(old.dtype)
-            out[f"layer.{layer}.{name}"] = new
-        out[f"layer.{layer}.expiry"][flag_rows] = delta[f"layer.{layer}.flag_expiry"].to(
-            torch.int32
-        )
-        out[f"layer.{layer}.lens"] = torch.tensor(new_lens, dtype=torch.int32)
+            out[f"layer.{layer}.{name}"] = bufs[name][h_idx, s_idx]
+        out[f"layer.{layer}.lens"] = torch.tensor(lens, dtype=torch.int32)
+    last = deltas[-1] if deltas else base
     for name in _GLOBALS:
-        if name not in delta:
-            raise CheckpointError(f"delta lacks tensor {name!r}")
-        out[name] = delta[name].clone()
+        out[name] = last[name].clone()
     validate_state(out)
     return out
+
+
+def _stream_index(lens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(head, slot) of every packed row of a state with these slot counts (head-major)."""
+    import torch
+
+    n = torch.tensor(lens, dtype=torch.int64)
+    heads = torch.repeat_interleave(torch.arange(len(lens)), n)
+    start = torch.cumsum(n, 0) - n
+    return heads, torch.arange(int(n.sum())) - start[heads]
+
+
+def _unpack(rows: torch.Tensor, lens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(head, slot) of packed row indices `rows` of a state with these slot counts."""
+    import torch
+
+    n = torch.tensor(lens, dtype=torch.int64)
+    ends = torch.cumsum(n, 0)
+    heads = torch.searchsorted(ends, rows, right=True)
+    return heads, rows - (ends - n)[heads]
 
 
 def _base_rows(base_lens: list[int], new_lens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -238,4 +285,4 @@ def _base_rows(base_lens: list[int], new_lens: list[int]) -> tuple[torch.Tensor,
     return base, valid
 
 
-__all__ = ["DELTA_TOKENS", "DeltaBase", "apply_delta"]
+__all__ = ["DELTA_TOKENS", "DeltaBase", "apply_delta", "apply_deltas"]

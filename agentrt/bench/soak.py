@@ -118,15 +118,23 @@ def _tree_bytes(folder: Path) -> tuple[int, int]:
     return total, temps
 
 
-def _newest_full_bytes(store: Any) -> tuple[int, int]:
-    """(sum over sessions of their newest full checkpoint's bytes, sessions counted)."""
-    newest: dict[str, tuple[Any, int]] = {}
+def _newest_full_bytes(store: Any) -> tuple[int, int, float]:
+    """(sum over sessions of their newest full checkpoint's bytes, sessions counted, and the
+    estimated bytes of full checkpoints of their newest restore points: each newest full
+    checkpoint's bytes scaled by the slots its session's newest restore point holds)."""
+    full: dict[str, Any] = {}
+    newest: dict[str, Any] = {}
     for c in store.checkpoints():
-        if c.kind == "full" and not c.missing:
-            seen = newest.get(c.session_id)
-            if seen is None or c.created_at > seen[0]:
-                newest[c.session_id] = (c.created_at, c.size_bytes)
-    return sum(b for _, b in newest.values()), len(newest)
+        if c.missing:
+            continue
+        if newest.get(c.session_id) is None or c.created_at > newest[c.session_id].created_at:
+            newest[c.session_id] = c
+        if c.kind == "full" and (
+            full.get(c.session_id) is None or c.created_at > full[c.session_id].created_at
+        ):
+            full[c.session_id] = c
+    now = sum(f.size_bytes * newest[sid].slots / max(f.slots, 1) for sid, f in full.items())
+    return sum(f.size_bytes for f in full.values()), len(full), now
 
 
 def trend(ts: list[float], ys: list[float]) -> float:
@@ -275,7 +283,8 @@ class _Soak:
 
         layout = SessionLayout.under(self.home)
         disk, temps = _tree_bytes(layout.checkpoint_dir)
-        full, counted = _newest_full_bytes(self.eng.persistence.store)
+        full, counted, full_now = _newest_full_bytes(self.eng.persistence.store)
+        complete = counted == self._saved_sessions()
         pool = self.eng.pool
         return {
             "t": time.monotonic() - t0,
@@ -289,7 +298,9 @@ class _Soak:
             "disk_bytes": disk,
             "temp_files": temps,
             "newest_full_bytes": full,
-            "disk_ratio": disk / full if full and counted == self._saved_sessions() else 0.0,
+            "disk_ratio": disk / full if full and complete else 0.0,
+            "newest_state_full_bytes": full_now,
+            "disk_ratio_newest_state": disk / full_now if full_now and complete else 0.0,
         }
 
     def _saved_sessions(self) -> int:
@@ -471,6 +482,7 @@ def run_soak(
     mismatched = _replay(model, soak) if cfg.replay else []
     leaks = leak_verdicts(samples, cfg.sessions)
     ratios = [s["disk_ratio"] for s in samples if s["disk_ratio"] > 0]
+    now_ratios = [s["disk_ratio_newest_state"] for s in samples if s["disk_ratio_newest_state"]]
     result: dict[str, Any] = {
         "config": cfg.__dict__,
         "pool_blocks": soak.pool_blocks(),
@@ -485,6 +497,9 @@ def run_soak(
             "final_ratio": final["disk_ratio"],
             "mean_ratio": statistics.fmean(ratios) if ratios else None,
             "max_ratio": max(ratios) if ratios else None,
+            "final_ratio_newest_state": final["disk_ratio_newest_state"],
+            "mean_ratio_newest_state": statistics.fmean(now_ratios) if now_ratios else None,
+            "max_ratio_newest_state": max(now_ratios) if now_ratios else None,
         },
         "writes": _write_stats(soak.saves),
         "restore": restore,
@@ -567,6 +582,9 @@ def format_table(result: dict[str, Any]) -> str:
         f"soak: {result['seconds']:.0f} s, events {result['events']}",
         f"disk held / newest full checkpoints: final {d['final_ratio']:.2f}x, "
         f"mean {d['mean_ratio'] or 0:.2f}x, max {d['max_ratio'] or 0:.2f}x",
+        f"disk held / full checkpoints of the newest restore points (estimated by slots): "
+        f"final {d['final_ratio_newest_state']:.2f}x, mean {d['mean_ratio_newest_state'] or 0:.2f}x"
+        f", max {d['max_ratio_newest_state'] or 0:.2f}x",
     ]
     if w.get("deltas"):
         lines.append(

@@ -21,7 +21,7 @@ from agentrt.sessions import (
     save_checkpoint,
 )
 from agentrt.sessions.chain import BrokenChain, chain_of
-from agentrt.sessions.gc import prune
+from agentrt.sessions.gc import mark_missing, prune
 from agentrt.sessions.retention import CheckpointPolicy, to_prune
 from tests.dms.serving_helpers import tiny_model
 
@@ -203,6 +203,22 @@ def test_tampering_with_any_link_is_refused_naming_it(model_dir: Path, tmp_path:
     assert every[3].file in err.value.message
     assert store.checkpoints("chat")[-1].missing  # marked, so later opens say so at once
     eng2.close()
+    # gc --verify marks a damaged middle link and names the deltas it takes down with it
+    con = sqlite3.connect(home / "agentrt.db")
+    con.execute("UPDATE checkpoints SET parent_id=? WHERE id=?", (every[2].id, every[3].id))
+    con.commit()
+    con.close()
+    _flip(layout.resolve(every[1].file), 0.5)
+    said: list[tuple[str, str]] = []
+    mark_missing(store, layout, verify=True, dry_run=False, say=lambda k, t, _: said.append((k, t)))
+    assert (
+        "marked",
+        f"mark checkpoint {every[1].id[:8]} ({every[1].file}) missing: its file "
+        "does not match the recorded sha256",
+    ) in said
+    assert any(
+        k == "kept" and every[2].id[:8] in t and "cannot be restored" in t for k, t in said
+    ), said
     store.close()
 
 
