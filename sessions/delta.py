@@ -212,9 +212,9 @@ def apply_deltas(
         bufs = {}
         for name in ("k", "v", "pos", "expiry"):
             src = base[f"layer.{layer}.{name}"]
-            buf = src.new_zeros((heads, cap, *src.shape[1:]))
-            h_idx, s_idx = _stream_index(lens)
-            buf[h_idx, s_idx] = src
+            buf = src.new_empty((heads, cap, *src.shape[1:]))
+            for h, part in enumerate(src.split(lens)):  # contiguous copies, one per stream
+                buf[h, : lens[h]] = part
             bufs[name] = buf
         for n, (delta, new_lens) in enumerate(zip(deltas, seq, strict=True), start=1):
             rows = delta[f"layer.{layer}.rows"].to(torch.int64)
@@ -238,25 +238,15 @@ def apply_deltas(
             h_flag, s_flag = _unpack(flag_rows, new_lens)
             bufs["expiry"][h_flag, s_flag] = delta[f"layer.{layer}.flag_expiry"].to(torch.int32)
             lens = new_lens
-        h_idx, s_idx = _stream_index(lens)
         for name in ("k", "v", "pos", "expiry"):
-            out[f"layer.{layer}.{name}"] = bufs[name][h_idx, s_idx]
+            buf = bufs[name]
+            out[f"layer.{layer}.{name}"] = torch.cat([buf[h, : lens[h]] for h in range(heads)])
         out[f"layer.{layer}.lens"] = torch.tensor(lens, dtype=torch.int32)
     last = deltas[-1] if deltas else base
     for name in _GLOBALS:
         out[name] = last[name].clone()
     validate_state(out)
     return out
-
-
-def _stream_index(lens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(head, slot) of every packed row of a state with these slot counts (head-major)."""
-    import torch
-
-    n = torch.tensor(lens, dtype=torch.int64)
-    heads = torch.repeat_interleave(torch.arange(len(lens)), n)
-    start = torch.cumsum(n, 0) - n
-    return heads, torch.arange(int(n.sum())) - start[heads]
 
 
 def _unpack(rows: torch.Tensor, lens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

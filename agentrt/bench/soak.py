@@ -51,6 +51,7 @@ class SoakConfig:
     seed: int = 0
     replay: bool = True
     max_session_tokens: int = 2000  # a session this long is closed and a new one takes its place
+    min_turns: int = 0  # keep going past `minutes` until this many turns ran (slow machines)
 
 
 @dataclass
@@ -452,7 +453,7 @@ def run_soak(
     end = t0 + cfg.minutes * 60
     restart_at = [t0 + cfg.minutes * 60 * (k + 1) / (cfg.restarts + 1) for k in range(cfg.restarts)]
     next_sample = t0
-    while time.monotonic() < end:
+    while time.monotonic() < end or soak.events["turns"] < cfg.min_turns:
         soak.turn(soak.pick())
         now = time.monotonic()
         if restart_at and now >= restart_at[0]:
@@ -474,8 +475,8 @@ def run_soak(
             except AssertionError:
                 lost.append(t.name)
     restore = _restore_timing(soak)
-    samples.append(soak.sample(t0))
-    final = samples[-1]
+    final = samples[-1]  # the end of the run, before every session was reopened for checks
+    checked = soak.sample(t0)
     soak.eng.close()
     swap_left = sum(1 for p in swap_dir.iterdir()) if swap_dir.is_dir() else 0
     _, temp_left = _tree_bytes(home / "checkpoints")
@@ -490,6 +491,7 @@ def run_soak(
         "seconds": time.monotonic() - t0,
         "events": soak.events,
         "samples": samples,
+        "after_checks": checked,
         "leaks": leaks,
         "disk": {
             "final_bytes": final["disk_bytes"],
@@ -567,7 +569,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set_xlabel("minutes")
     cfg = result["config"]
     fig.suptitle(
-        f"agentrt bench soak: {cfg['sessions']} sessions, {result['seconds'] / 60:.1f} min, "
+        f"agentrt bench soak: {cfg['sessions']} sessions, {cfg['minutes']:g} min run "
+        f"({result['seconds'] / 60:.1f} min with checks), "
         f"{result['pool_blocks']} blocks, {'OK' if result['ok'] else 'FAILED'}"
     )
     fig.tight_layout()

@@ -214,6 +214,9 @@ def server(
 )
 @click.option("--keep", default=3, show_default=True, help="Restore points kept per session.")
 @click.option(
+    "--min-turns", default=0, show_default=True, help="Run past --minutes until this many turns."
+)
+@click.option(
     "--default-model",
     "use_default",
     is_flag=True,
@@ -252,6 +255,7 @@ def soak(ctx: click.Context, use_default: bool, no_replay: bool, out: Path, **op
         "close_prob",
         "keep",
         "max_session_tokens",
+        "min_turns",
     )
     cfg = SoakConfig(**{k: opts[k] for k in keys}, replay=not no_replay)  # type: ignore[arg-type]
     with progress_bar(cfg.minutes) as tick:

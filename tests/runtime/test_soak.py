@@ -13,14 +13,14 @@ from agentrt.cli.main import cli
 
 def test_soak_for_30_seconds_loses_and_leaks_nothing(tmp_path: Path, agentrt_home: Path) -> None:
     out = tmp_path / "out"
-    args = ["bench", "soak", "--minutes", "0.5", "--sessions", "3", "--num-blocks", "200"]
-    args += ["--restarts", "1", "--close-prob", "0.3", "--out", str(out)]
+    args = ["bench", "soak", "--minutes", "0.5", "--sessions", "2", "--num-blocks", "200"]
+    args += ["--restarts", "1", "--close-prob", "0.3", "--min-turns", "10", "--out", str(out)]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     report = json.loads((out / "soak.json").read_text())
     assert report["ok"] and not report["problems"]
     events = report["events"]
-    assert events["saves"] >= 6 and events["restarts"] >= 2 and events["reopens"] >= 1
+    assert events["saves"] >= 10 and events["restarts"] >= 2 and events["reopens"] >= 1
     assert report["writes"]["deltas"] >= 1 and report["writes"]["fulls"] >= 1
     assert report["lost_sessions"] == [] and report["replay_mismatches"] == []
     assert report["swap_files_left"] == 0 and report["temp_files_left"] == 0
