@@ -14,6 +14,8 @@ ENV_DB = "AGENTRT_DB"
 ENV_MODEL = "AGENTRT_MODEL"
 ENV_DEVICE = "AGENTRT_DEVICE"
 ENV_KERNELS = "AGENTRT_KERNELS"
+ENV_KEEP = "AGENTRT_KEEP_CHECKPOINTS"
+DEFAULT_KEEP_CHECKPOINTS = 3
 
 _DEVICES = ("auto", "cpu", "cuda")
 
@@ -26,6 +28,7 @@ class Settings:
     db_url: str
     model: str  # a known model name (docs/MODELS.md), a model folder or a hub id
     device: str
+    keep_checkpoints: int | None = DEFAULT_KEEP_CHECKPOINTS  # restore points kept per session
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -42,6 +45,21 @@ def home_dir() -> Path:
     """`$AGENTRT_HOME`, default `~/.agentrt` (not created here)."""
     raw = os.environ.get(ENV_HOME)
     return Path(raw).expanduser() if raw else Path.home() / ".agentrt"
+
+
+def keep_checkpoints() -> int | None:
+    """`$AGENTRT_KEEP_CHECKPOINTS`: restore points kept per session (default 3; `all`: never prune)."""
+    raw = os.environ.get(ENV_KEEP, "").strip().lower()
+    if not raw:
+        return DEFAULT_KEEP_CHECKPOINTS
+    if raw == "all":
+        return None
+    if not raw.isdigit() or int(raw) < 1:
+        raise ConfigError(
+            f"{ENV_KEEP}={raw!r} is not a number of checkpoints to keep",
+            hint="set it to a whole number ≥ 1, or `all` to never prune automatically",
+        )
+    return int(raw)
 
 
 def load_settings(
@@ -64,4 +82,10 @@ def load_settings(
             f"unknown device {dev!r} (from {'--device' if device else ENV_DEVICE})",
             hint="use one of auto, cpu, cuda, cuda:N",
         )
-    return Settings(home=home_path, db_url=db_url, model=model_name, device=dev)
+    return Settings(
+        home=home_path,
+        db_url=db_url,
+        model=model_name,
+        device=dev,
+        keep_checkpoints=keep_checkpoints(),
+    )

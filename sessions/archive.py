@@ -147,6 +147,8 @@ def create_copy(store: SessionStore, layout: SessionLayout, copy: SessionCopy) -
                     parent_id=ids.get(c.get("parent_id") or ""),
                     kind=str(c["kind"]),
                 ).id
+                if c.get("label"):
+                    store.label_checkpoint(ids[c["id"]], str(c["label"]))
             store.update_session_stats(
                 info.id,
                 tokens=int(r["tokens"]),
@@ -223,12 +225,18 @@ def fork_copy(
         for m in store.messages(info)
         if m.token_end is None or m.token_end <= ckpt.tokens + 1
     ]
-    blob = BlobCopy(
-        row={**as_json(ckpt), "parent_id": None},
-        filename=PurePosixPath(ckpt.file).name,
-        write=copy_file(layout.resolve(ckpt.file)),
-    )
-    copy = SessionCopy(name=new, row=row, status="saved", messages=messages, checkpoints=[blob])
+    from agentrt.sessions.chain import chain_of
+
+    chain = chain_of(store.checkpoints(info), ckpt)  # a delta copies with the links it needs
+    blobs = [
+        BlobCopy(
+            row={**as_json(c), "parent_id": c.parent_id if n else None, "label": None},
+            filename=PurePosixPath(c.file).name,
+            write=copy_file(layout.resolve(c.file)),
+        )
+        for n, c in enumerate(chain)
+    ]
+    copy = SessionCopy(name=new, row=row, status="saved", messages=messages, checkpoints=blobs)
     return copy, ckpt
 
 
@@ -256,11 +264,19 @@ def export_archive(
 ) -> Exported:
     """Write session `name` (row, messages, checkpoints) to one tar.gz archive (mode 0600)."""
     from agentrt.sessions.atomic import write_atomic
+    from agentrt.sessions.chain import BrokenChain, chain_of
 
     info = store.get_session(name)
-    rows = [c for c in store.checkpoints(info) if not c.missing]
-    if latest:
-        rows = rows[-1:]
+    every = store.checkpoints(info)
+    rows = []  # restore points whose whole chain is usable, each with its links
+    for c in every:
+        try:
+            if not c.missing and not any(link.missing for link in chain_of(every, c)):
+                rows.append(c)
+        except BrokenChain:
+            continue
+    if latest and rows:
+        rows = chain_of(every, rows[-1])
     messages = [as_json(m) for m in store.messages(info)]
     exported = {c.id for c in rows}
     checkpoints = []
@@ -466,6 +482,12 @@ def manifest_problem(
             return problem
         if c["kind"] not in CHECKPOINT_KINDS:
             return f"checkpoint {n} has kind {c['kind']!r}"
+        earlier = {e.get("id") for e in checkpoints[: n - 1]}
+        if c["kind"] == "incremental" and c.get("parent_id") not in earlier:
+            return (
+                f"incremental checkpoint {n} comes without its base checkpoint "
+                f"{c.get('parent_id')!r} (export the whole chain)"
+            )
         if not _SHA256.match(c["sha256"]):
             return f"checkpoint {n} has sha256 {c['sha256']!r}, expected 64 hex digits"
         if PurePosixPath(c["blob"]).is_absolute() or ".." in PurePosixPath(c["blob"]).parts:
@@ -505,6 +527,7 @@ CHECKPOINT_FIELDS = {
     "compression_ratio": "number",
     "format_version": "int",
     "parent_id": "str?",
+    "label": "str?",
 }
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 

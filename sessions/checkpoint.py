@@ -6,6 +6,11 @@ per-layer packed K/V, positions, expiries and lengths, the window ring, next_pos
 cache is packed and unpacked by `SessionCache` only; this module writes and verifies files.
 Header (str → str): format and version, fingerprint digest and parts, dtype, window, shapes,
 next_pos, created time, SHA-256 of the tensor contents, the caller's metadata.
+
+An incremental checkpoint (`save_delta`, format version 2, header `checkpoint_kind` =
+`delta`) holds the tensors of `agentrt.sessions.delta` plus the extras, and names its parent
+by SHA-256 (`parent_sha256`) and token count (`parent_tokens`); `agentrt.sessions.chain`
+restores it on top of its parent. `load_checkpoint` reads full checkpoints only.
 """
 
 from __future__ import annotations
@@ -34,7 +39,10 @@ if TYPE_CHECKING:
 
 _identity = operator.attrgetter("st_ino", "st_size", "st_mtime_ns")  # changes on replace/rewrite
 FORMAT_NAME = "agentrt-kv-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # the newest format this agentrt reads
+FULL_VERSION = 1  # full checkpoints (unchanged since version 1)
+DELTA_VERSION = 2  # incremental checkpoints
+KIND_KEY = "checkpoint_kind"
 EXTRA_PREFIX = "extra."
 
 
@@ -70,7 +78,7 @@ class LoadedCheckpoint:
     metadata: dict[str, str] = field(repr=False)  # the caller's metadata from save_checkpoint
     fingerprint_parts: dict[str, str]
     header: dict[str, str] = field(repr=False)  # every header key, format fields included
-    format_version: int = FORMAT_VERSION
+    format_version: int = FULL_VERSION
 
     @property
     def next_pos(self) -> int:
@@ -131,7 +139,7 @@ def save_checkpoint(
     slots = sum(map(sum, lens))
     header = {
         "format": FORMAT_NAME,
-        "format_version": str(FORMAT_VERSION),
+        "format_version": str(FULL_VERSION),
         "fingerprint": fingerprint.digest,
         "fingerprint_parts": fingerprint.to_json(),
         "dtype": dtype_name(tensors["layer.0.k"].dtype),
@@ -154,9 +162,101 @@ def save_checkpoint(
         tokens=next_pos,
         slots=slots,
         compression_ratio=compression_ratio(next_pos, lens),
-        format_version=FORMAT_VERSION,
+        format_version=FULL_VERSION,
         fingerprint=fingerprint.digest,
     )
+
+
+def save_delta(
+    path: Path,
+    delta: dict[str, torch.Tensor],
+    *,
+    parent_sha256: str,
+    parent_tokens: int,
+    fingerprint: Fingerprint,
+    extra: dict[str, torch.Tensor] | None = None,
+    extra_names: list[str] | None = None,
+    metadata: dict[str, str] | None = None,
+) -> CheckpointFileInfo:
+    """Write one incremental checkpoint (`DeltaBase.delta` tensors) crash-safely.
+
+    The header binds it to its parent: the parent file's SHA-256 and its token count.
+    `extra` holds the extra tensors that changed, `extra_names` names all of them (default:
+    those in `extra`); the others are inherited from the parent.
+    """
+    path = Path(path)
+    if path.name.startswith(TEMP_PREFIX):
+        raise ValueError(f"checkpoint name {path.name!r} must not start with {TEMP_PREFIX!r}")
+    from agentrt.dms.cache_math import compression_ratio
+    from agentrt.dms.cache_state import dtype_name
+
+    tensors = dict(delta)
+    for name, tensor in (extra or {}).items():
+        tensors[EXTRA_PREFIX + name] = tensor.detach().to("cpu").contiguous().clone()
+    layers = int(tensors["ring_slot"].shape[0])
+    lens = [[int(n) for n in tensors[f"layer.{i}.lens"].tolist()] for i in range(layers)]
+    next_pos = int(tensors["next_pos"][0])
+    tokens = parent_tokens + int(tensors["token_ids"].numel())
+    slots = sum(map(sum, lens))
+    header = {
+        "format": FORMAT_NAME,
+        "format_version": str(DELTA_VERSION),
+        KIND_KEY: "delta",
+        "parent_sha256": parent_sha256,
+        "parent_tokens": str(parent_tokens),
+        "extra_names": json.dumps(sorted(extra_names if extra_names is not None else extra or {})),
+        "fingerprint": fingerprint.digest,
+        "fingerprint_parts": fingerprint.to_json(),
+        "dtype": dtype_name(tensors["layer.0.k"].dtype),
+        "window": str(int(tensors["ring_slot"].shape[2]) - 1),
+        "num_layers": str(layers),
+        "num_kv_heads": str(len(lens[0])),
+        "head_dim": str(int(tensors["layer.0.k"].shape[-1])),
+        "next_pos": str(next_pos),
+        "tokens": str(tokens),
+        "slots": str(slots),
+        "created": datetime.now(UTC).isoformat(),
+        "content_sha256": tensors_sha256(tensors),
+        "user_metadata": json.dumps(dict(metadata or {}), sort_keys=True),
+    }
+    written = write_safetensors_atomic(path, tensors, header)
+    return CheckpointFileInfo(
+        path=written.path,
+        size_bytes=written.size_bytes,
+        sha256=written.sha256,
+        tokens=next_pos,
+        slots=slots,
+        compression_ratio=compression_ratio(next_pos, lens),
+        format_version=DELTA_VERSION,
+        fingerprint=fingerprint.digest,
+    )
+
+
+@dataclass(frozen=True)
+class LoadedDelta:
+    """A verified incremental checkpoint: its delta tensors, appended tokens, extras, header."""
+
+    delta: dict[str, torch.Tensor] = field(repr=False)
+    new_tokens: list[int] = field(repr=False)
+    extra: dict[str, torch.Tensor] = field(repr=False)
+    metadata: dict[str, str] = field(repr=False)
+    fingerprint_parts: dict[str, str]
+    header: dict[str, str] = field(repr=False)
+
+    @property
+    def parent_sha256(self) -> str:
+        """SHA-256 of the parent checkpoint's file, as recorded when this delta was written."""
+        return self.header.get("parent_sha256", "")
+
+    @property
+    def parent_tokens(self) -> int:
+        """Token ids the parent checkpoint held."""
+        return int(self.header.get("parent_tokens", "-1"))
+
+    @property
+    def extra_names(self) -> list[str]:
+        """Every extra tensor of the restore point (those not in `extra` come from the parent)."""
+        return [str(n) for n in json.loads(self.header.get("extra_names", "[]"))]
 
 
 def load_checkpoint(
@@ -169,11 +269,87 @@ def load_checkpoint(
     """Verify (size, sha256, format, fingerprint) and read a checkpoint; CheckpointError if not OK.
 
     The tensor contents are always checked against the digest in the header as well, so a
-    file whose row was recorded from damaged bytes is refused too.
+    file whose row was recorded from damaged bytes is refused too. An incremental checkpoint
+    is refused: restore it with its chain (`agentrt.sessions.chain.load_chain`).
     """
     from agentrt.dms.cache_state import validate_state
 
     path = Path(path)
+    version, parts, header, tensors = read_verified(
+        path, expected_sha256=expected_sha256, expected_size=expected_size, fingerprint=fingerprint
+    )
+    if header.get(KIND_KEY) == "delta":
+        raise CheckpointError(
+            f"checkpoint file {path} is incremental (a delta on checkpoint "
+            f"{header.get('parent_sha256', '?')[:16]}…): it restores only on top of its chain",
+            hint="open the session (`agentrt resume NAME`), which restores the whole chain",
+        )
+    state = {k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)}
+    token_ids = state.pop("token_ids", None)
+    if token_ids is None:
+        raise _corrupt(path, "tensor 'token_ids' is missing")
+    try:
+        validate_state(state)
+        user = json.loads(header.get("user_metadata", "{}"))
+    except (CheckpointError, ValueError) as err:
+        raise _corrupt(path, str(err)) from None
+    extra = {k[len(EXTRA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
+    return LoadedCheckpoint(
+        state=state,
+        token_ids=[int(t) for t in token_ids.tolist()],
+        extra=extra,
+        metadata={str(k): str(v) for k, v in user.items()},
+        fingerprint_parts=parts,
+        header=header,
+        format_version=version,
+    )
+
+
+def load_delta(
+    path: Path,
+    *,
+    expected_sha256: str | None = None,
+    expected_size: int | None = None,
+    fingerprint: Fingerprint | None = None,
+) -> LoadedDelta:
+    """Verify and read an incremental checkpoint (same checks as `load_checkpoint`)."""
+    path = Path(path)
+    _, parts, header, tensors = read_verified(
+        path, expected_sha256=expected_sha256, expected_size=expected_size, fingerprint=fingerprint
+    )
+    if header.get(KIND_KEY) != "delta":
+        raise _corrupt(path, "it is recorded as incremental but holds a full checkpoint")
+    try:
+        user = json.loads(header.get("user_metadata", "{}"))
+        int(header["parent_tokens"])
+        if not isinstance(json.loads(header.get("extra_names", "[]")), list):
+            raise ValueError("extra_names is not a list")
+    except (KeyError, ValueError) as err:
+        raise _corrupt(path, f"its delta header is incomplete ({err})") from None
+    new_tokens = tensors.pop("token_ids", None)
+    if new_tokens is None:
+        raise _corrupt(path, "tensor 'token_ids' is missing")
+    delta = {k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)}
+    extra = {k[len(EXTRA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
+    return LoadedDelta(
+        delta=delta,
+        new_tokens=[int(t) for t in new_tokens.tolist()],
+        extra=extra,
+        metadata={str(k): str(v) for k, v in user.items()},
+        fingerprint_parts=parts,
+        header=header,
+    )
+
+
+def read_verified(
+    path: Path,
+    *,
+    expected_sha256: str | None = None,
+    expected_size: int | None = None,
+    fingerprint: Fingerprint | None = None,
+) -> tuple[int, dict[str, str], dict[str, str], dict[str, torch.Tensor]]:
+    """(format version, fingerprint parts, header, tensors) of a checkpoint file whose size,
+    SHA-256, format, fingerprint and content digest all check out; CheckpointError if not."""
     try:
         fd = os.open(path, os.O_RDONLY)
     except FileNotFoundError:
@@ -207,25 +383,7 @@ def load_checkpoint(
         _check_fingerprint(path, parts, fingerprint)
     if tensors_sha256(tensors) != header.get("content_sha256"):
         raise _corrupt(path, "sha256 of the tensor contents does not match its header")
-    state = {k: v for k, v in tensors.items() if not k.startswith(EXTRA_PREFIX)}
-    token_ids = state.pop("token_ids", None)
-    if token_ids is None:
-        raise _corrupt(path, "tensor 'token_ids' is missing")
-    try:
-        validate_state(state)
-        user = json.loads(header.get("user_metadata", "{}"))
-    except (CheckpointError, ValueError) as err:
-        raise _corrupt(path, str(err)) from None
-    extra = {k[len(EXTRA_PREFIX) :]: v for k, v in tensors.items() if k.startswith(EXTRA_PREFIX)}
-    return LoadedCheckpoint(
-        state=state,
-        token_ids=[int(t) for t in token_ids.tolist()],
-        extra=extra,
-        metadata={str(k): str(v) for k, v in user.items()},
-        fingerprint_parts=parts,
-        header=header,
-        format_version=version,
-    )
+    return version, parts, header, tensors
 
 
 def read_header(path: Path) -> dict[str, str]:
@@ -307,7 +465,13 @@ def _corrupt(path: Path, why: str) -> CheckpointCorrupt:
 
 
 __all__ = [
+    "DELTA_VERSION",
     "FORMAT_VERSION",
+    "FULL_VERSION",
+    "LoadedDelta",
+    "load_delta",
+    "read_verified",
+    "save_delta",
     "CheckpointCorrupt",
     "CheckpointFileMissing",
     "CheckpointFileInfo",

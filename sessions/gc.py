@@ -12,7 +12,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from agentrt.errors import CheckpointError
 from agentrt.sessions.atomic import TEMP_PREFIX, file_sha256
 from agentrt.sessions.layout import BLOB_SUFFIX, SessionLayout
 from agentrt.sessions.locks import SessionLocked, remove_session_dir, session_lock
@@ -53,6 +52,33 @@ def mark_missing(
             say("restored", f"clear the missing flag of checkpoint {c.id[:8]} (verified)", 0)
             if not dry_run:
                 store.mark_checkpoint_missing(c.id, missing=False)
+    _report_broken_chains(store, layout, say)
+
+
+def _report_broken_chains(store: SessionStore, layout: SessionLayout, say: Say) -> None:
+    """Name incremental checkpoints that cannot be restored because a link below them is lost."""
+    from agentrt.sessions.chain import BrokenChain, chain_of
+
+    rows = store.checkpoints()
+    by_session: dict[str, list[CheckpointInfo]] = {}
+    for c in rows:
+        by_session.setdefault(c.session_id, []).append(c)
+    for session_rows in by_session.values():
+        for c in session_rows:
+            if c.kind != "incremental" or c.missing:
+                continue
+            try:
+                lost = [link for link in chain_of(session_rows, c)[:-1] if link.missing]
+            except BrokenChain as err:
+                say("kept", f"checkpoint {c.id[:8]} cannot be restored: {err.message}", 0)
+                continue
+            if lost:
+                say(
+                    "kept",
+                    f"incremental checkpoint {c.id[:8]} ({c.file}) cannot be restored: its "
+                    f"chain link {lost[0].id[:8]} is missing (restore an older full checkpoint)",
+                    0,
+                )
 
 
 def prune(
@@ -89,26 +115,17 @@ def _prune_one(
     say: Say,
     when: Callable[[CheckpointInfo], str],
 ) -> None:
-    """Prune one session's checkpoints (its lock is held, or its folder does not exist)."""
-    rows = [c for c in store.checkpoints() if c.session_id == session_id]
-    usable = 0
-    for c in sorted(rows, key=lambda c: c.created_at, reverse=True):
-        if usable >= keep:
-            path = layout.resolve(c.file)
-            size = path.stat().st_size if path.is_file() else 0
-            text = f"prune checkpoint {c.id[:8]} of {name!r} ({when(c)})"
-            if dry_run:
-                say("pruned", text, size)
-                continue
-            try:
-                file = store.delete_checkpoint(c.id)
-            except CheckpointError as err:
-                say("kept", f"kept checkpoint {c.id[:8]} of {name!r}: {err.message}", 0)
-                continue
-            layout.resolve(file).unlink(missing_ok=True)
-            say("pruned", text, size)
-        elif not c.missing:
-            usable += 1
+    """Prune one session's checkpoints (its lock is held, or its folder does not exist).
+
+    The rule of automatic retention (`agentrt.sessions.retention.to_prune`): the newest
+    `keep` restore points stay with every link their chains need, and so do named snapshots.
+    """
+    from agentrt.sessions.retention import prune_session
+
+    def said(c: CheckpointInfo, size: int) -> None:
+        say("pruned", f"prune {c.kind} checkpoint {c.id[:8]} of {name!r} ({when(c)})", size)
+
+    prune_session(store, layout, session_id, keep, dry_run=dry_run, say=said)
 
 
 def collect_files(

@@ -192,6 +192,11 @@ class CheckpointRow(Base):
     missing: Mapped[bool] = mapped_column(
         Boolean, default=False, doc="The blob was found missing or corrupt on disk."
     )
+    label: Mapped[str | None] = mapped_column(
+        String(NAME_LENGTH),
+        nullable=True,
+        doc="Named snapshot (`agentrt sessions tag`): never pruned while it has a label.",
+    )
 
 
 class RunRow(Base):

@@ -132,6 +132,7 @@ class CheckpointInfo:
     parent_id: str | None
     kind: str
     missing: bool
+    label: str | None = None
 
     @classmethod
     def from_row(cls, row: CheckpointRow) -> CheckpointInfo:
@@ -151,6 +152,7 @@ class CheckpointInfo:
             parent_id=row.parent_id,
             kind=row.kind,
             missing=row.missing,
+            label=row.label,
         )
 
 

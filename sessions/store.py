@@ -346,6 +346,31 @@ class SessionStore:
             s.flush()
             return CheckpointInfo.from_row(row)
 
+    def label_checkpoint(self, checkpoint_id: str, label: str | None) -> CheckpointInfo:
+        """Name a checkpoint (a snapshot retention keeps until unlabelled), or clear its label.
+
+        A label is unique within its session; giving it to another checkpoint raises.
+        """
+        if label is not None:
+            _check_label(label)
+        with self._tx("labelling a checkpoint") as s:
+            row = self._checkpoint(s, checkpoint_id)
+            if label is not None:
+                other = s.scalar(
+                    select(CheckpointRow.id).where(
+                        CheckpointRow.session_id == row.session_id, CheckpointRow.label == label
+                    )
+                )
+                if other is not None and other != row.id:
+                    raise SessionError(
+                        f"label {label!r} already names checkpoint {other[:8]} of this session",
+                        hint="untag it first (`agentrt sessions untag NAME LABEL`), or choose "
+                        "another label",
+                    )
+            row.label = label
+            s.flush()
+            return CheckpointInfo.from_row(row)
+
     def delete_checkpoint(self, checkpoint_id: str) -> str:
         """Delete a checkpoint row; returns its file for the caller to remove from disk."""
         with self._tx("deleting a checkpoint") as s:
@@ -359,6 +384,11 @@ class SessionStore:
                 raise CheckpointError(
                     f"checkpoint {row.id} is the base of incremental checkpoint {child}",
                     hint="delete the incremental checkpoints first",
+                )
+            if row.label is not None:
+                raise CheckpointError(
+                    f"checkpoint {row.id} is the named snapshot {row.label!r}",
+                    hint=f"untag it first (`agentrt sessions untag NAME {row.label}`)",
                 )
             s.delete(row)
             return row.file
@@ -423,6 +453,14 @@ def _check_name(name: str) -> None:
         problems.append("it looks like a session id")
     if problems:
         raise SessionError(f"invalid session name {name!r}: {'; '.join(problems)}")
+
+
+def _check_label(label: str) -> None:
+    if not label.strip() or len(label) > NAME_LENGTH or any(not c.isprintable() for c in label):
+        raise SessionError(
+            f"invalid checkpoint label {label!r}",
+            hint=f"use 1 to {NAME_LENGTH} printable characters",
+        )
 
 
 def _check_relative(file: str) -> None:

@@ -348,6 +348,10 @@ def open_engine(spec: TaskSpec, *, device: str | None = None, **engine: Any) -> 
     from agentrt import Engine
 
     kwargs: dict[str, Any] = {"kv_budget": spec.kv_budget, **engine}
+    if spec.session.keep_checkpoints is not None:
+        from agentrt.sessions.retention import CheckpointPolicy
+
+        kwargs["checkpoints"] = CheckpointPolicy(keep=spec.session.keep_checkpoints)
     if spec.dms == "off":
         from agentrt.dms.policies import make_policy
 

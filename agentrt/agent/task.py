@@ -80,6 +80,7 @@ class SessionSpec:
     mode: str = "shared"  # one conversation for all inputs, or one session per input
     resume: bool = False
     checkpoint_every: int = 1  # inputs between checkpoints (0: only at the end)
+    keep_checkpoints: int | None = None  # restore points kept (None: AGENTRT_KEEP_CHECKPOINTS)
     context: ContextPolicy = ContextPolicy()
 
 
@@ -187,6 +188,7 @@ def _build(loc: Located, base: Path, *, check_model: bool) -> TaskSpec:
             mode=sess.get("mode", "shared"),
             resume=sess.get("resume", False),
             checkpoint_every=sess.get("checkpoint_every", 1),
+            keep_checkpoints=sess.get("keep_checkpoints"),
             context=context,
         ),
         output=out_path,

@@ -188,3 +188,82 @@ def server(
     (out / "server.json").write_text(json.dumps(result, indent=2))
     click.echo(format_table(result))
     click.echo(f"wrote {out / 'server.json'}")
+
+
+@bench.command("soak")
+@model_option
+@device_option
+@click.option("--sessions", default=8, show_default=True, help="Sessions in play at once.")
+@click.option("--minutes", default=1.0, show_default=True, help="How long to drive them.")
+@click.option(
+    "--num-blocks",
+    type=int,
+    default=None,
+    help="KV pool size in blocks (default: room for about two sessions at their longest).",
+)
+@click.option(
+    "--max-session-tokens",
+    default=2000,
+    show_default=True,
+    help="A session this long is closed and a new one takes its place.",
+)
+@click.option("--save-every", default=1, show_default=True, help="Turns between saves.")
+@click.option("--restarts", default=2, show_default=True, help="Engine restarts over the run.")
+@click.option(
+    "--close-prob", default=0.15, show_default=True, help="Chance a session closes after a save."
+)
+@click.option("--keep", default=3, show_default=True, help="Restore points kept per session.")
+@click.option(
+    "--min-turns", default=0, show_default=True, help="Run past --minutes until this many turns."
+)
+@click.option(
+    "--default-model",
+    "use_default",
+    is_flag=True,
+    help="Soak the default (or --model) model instead of a tiny random one.",
+)
+@click.option("--no-replay", is_flag=True, help="Skip the replay on an unlimited pool.")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True
+)
+@click.pass_context
+def soak(ctx: click.Context, use_default: bool, no_replay: bool, out: Path, **opts: object) -> None:
+    """Drive sessions through swaps, saves, closes, reopens and restarts; check nothing is lost
+    or leaked (exit 1 if something is)."""
+    from agentrt.bench.soak import (
+        SoakConfig,
+        format_table,
+        plot,
+        progress_bar,
+        run_soak,
+        tiny_model_dir,
+    )
+    from agentrt.engine import resolve_device
+    from agentrt.models.resolve import load_resolved
+
+    settings = resolve_settings(ctx)
+    device = resolve_device(settings.device)
+    out.mkdir(parents=True, exist_ok=True)
+    spec = settings.model if use_default else tiny_model_dir(out / "soak-tiny-model")
+    model = load_resolved(spec, device=device, home=settings.home, progress=use_default)
+    keys = (
+        "sessions",
+        "minutes",
+        "num_blocks",
+        "save_every",
+        "restarts",
+        "close_prob",
+        "keep",
+        "max_session_tokens",
+        "min_turns",
+    )
+    cfg = SoakConfig(**{k: opts[k] for k in keys}, replay=not no_replay)  # type: ignore[arg-type]
+    with progress_bar(cfg.minutes) as tick:
+        result = run_soak(model, cfg, out, progress=tick)
+    result["command"] = " ".join(["agentrt", *sys.argv[1:]])
+    (out / "soak.json").write_text(json.dumps(result, indent=2))
+    plot(result, out / "soak.png")
+    click.echo(format_table(result))
+    click.echo(f"wrote {out / 'soak.json'} and {out / 'soak.png'}")
+    if not result["ok"]:
+        ctx.exit(1)

@@ -25,6 +25,7 @@ from agentrt.cli.sessions_archive import (
     import_session,
     layout_of,
 )
+from agentrt.cli.sessions_tags import tag, untag
 from agentrt.errors import AgentRTError, CheckpointError
 
 if TYPE_CHECKING:
@@ -41,6 +42,8 @@ def sessions() -> None:
 
 sessions.add_command(export)
 sessions.add_command(import_session)
+sessions.add_command(tag)
+sessions.add_command(untag)
 
 
 # -- formatting --------------------------------------------------------------------------
@@ -135,10 +138,12 @@ def show(ctx: click.Context, name: str, full: bool, json_out: bool, **_: Any) ->
         messages = store.messages(info)
         checkpoints = store.checkpoints(info)
     problems = {c.id: checkpoint_problem(layout, c) for c in checkpoints}
+    chain_problems(checkpoints, problems)
     latest = None
     for c in reversed(checkpoints):  # the newest usable one, its full SHA-256 checked
         if problems[c.id] is None:
             problems[c.id] = checkpoint_problem(layout, c, hash=True)
+            chain_problems(checkpoints, problems)
             if problems[c.id] is None:
                 latest = c
                 break
@@ -204,11 +209,12 @@ def show(ctx: click.Context, name: str, full: bool, json_out: bool, **_: Any) ->
                 f"{c.compression_ratio:.2f}",
                 c.kind,
                 c.id[:8],
+                c.label or "",
                 "" if problems[c.id] is None else "MISSING",
             ]
             for n, c in enumerate(checkpoints, start=1)
         ]
-        headers = ["#", "CREATED", "SIZE", "TOKENS", "CR", "KIND", "ID", ""]
+        headers = ["#", "CREATED", "SIZE", "TOKENS", "CR", "KIND", "ID", "TAG", ""]
         click.echo("\n".join("  " + line for line in table(headers, rows, right={0, 2, 3, 4})))
     click.echo("\nper-layer compression (newest usable checkpoint)")
     if layers is None:
@@ -218,6 +224,22 @@ def show(ctx: click.Context, name: str, full: bool, json_out: bool, **_: Any) ->
             f"  layer {layer['layer']:>3}  slots {layer['slots']:>8}  "
             f"CR {layer['compression_ratio']:.2f}"
         )
+
+
+def chain_problems(checkpoints: list[CheckpointInfo], problems: dict[str, str | None]) -> None:
+    """Give each incremental checkpoint whose chain has an unusable link that link's problem."""
+    from agentrt.sessions.chain import BrokenChain, chain_of
+
+    for c in checkpoints:
+        if problems[c.id] is not None or c.kind != "incremental":
+            continue
+        try:
+            bad = [link for link in chain_of(checkpoints, c)[:-1] if problems[link.id]]
+        except BrokenChain as err:
+            problems[c.id] = err.message
+            continue
+        if bad:
+            problems[c.id] = f"its chain link {bad[0].id[:8]} is unusable ({problems[bad[0].id]})"
 
 
 def checkpoint_problem(
@@ -285,8 +307,11 @@ def rm(ctx: click.Context, name: str, keep_checkpoints: bool, yes: bool, **_: An
         click.echo(f"deleted session {info.name!r} and {count(len(files), 'checkpoint file')}")
 
 
-def verified_model(layout: SessionLayout, model_dir: Path, ckpt: CheckpointInfo) -> str:
-    """Check that checkpoint `ckpt` restores into the model in `model_dir`; its folder name.
+def verified_model(
+    layout: SessionLayout, model_dir: Path, ckpt: CheckpointInfo, rows: list[CheckpointInfo]
+) -> str:
+    """Check that checkpoint `ckpt` (with its chain among `rows`) restores into the model in
+    `model_dir`; its folder name.
 
     The model is loaded on the CPU in the dtype the checkpoint was saved with; any other
     difference (config, weights, tokenizer, DMS config) raises CheckpointError naming it.
@@ -294,16 +319,14 @@ def verified_model(layout: SessionLayout, model_dir: Path, ckpt: CheckpointInfo)
     import torch
 
     from agentrt.models.resolve import load_resolved
-    from agentrt.sessions import load_checkpoint, model_fingerprint
+    from agentrt.sessions import load_chain, model_fingerprint
     from agentrt.sessions.checkpoint import read_header
 
     path = layout.resolve(ckpt.file)
     dtype = getattr(torch, read_header(path).get("dtype", "float32"))
     model = load_resolved(model_dir, device="cpu", dtype=dtype, home=layout.home)
     fingerprint = model_fingerprint(model, model_dir=model.source_dir, cache_dir=layout.home)
-    load_checkpoint(
-        path, expected_sha256=ckpt.sha256, expected_size=ckpt.size_bytes, fingerprint=fingerprint
-    )
+    load_chain(layout, rows, ckpt, fingerprint=fingerprint)
     return str(model.source_dir)
 
 
@@ -325,13 +348,14 @@ def fork(ctx: click.Context, name: str, new: str, model_dir: Path | None, **_: A
 
     settings = resolve_settings(ctx)
     layout = layout_of(settings)
-    check = None
-    if model_dir is not None:
-        check = lambda ckpt: verified_model(layout, model_dir, ckpt)  # noqa: E731
     from agentrt.sessions.catalog import require_store
 
     with catalog(settings, readonly=True) as store:  # an unknown NAME writes nothing
         store = require_store(store, name)
+        check = None
+        if model_dir is not None:
+            rows = store.checkpoints(name)
+            check = lambda ckpt: verified_model(layout, model_dir, ckpt, rows)  # noqa: E731
         copy, ckpt = fork_copy(store, layout, name, new, model=check)
         created = create_copy(store, layout, copy)
     click.echo(
@@ -412,4 +436,4 @@ def gc(ctx: click.Context, keep: int | None, verify: bool, dry_run: bool, **_: A
     )
 
 
-__all__ = ["fork", "gc", "ls", "rm", "sessions", "show"]
+__all__ = ["fork", "gc", "ls", "rm", "sessions", "show", "tag", "untag"]

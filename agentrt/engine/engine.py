@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from agentrt.engine.memory import MemoryPlanner
+from agentrt.engine.memory import MemoryPlanner, budget_error
 from agentrt.engine.persistence import AutosavePolicy, Persistence, autosave_due
 from agentrt.engine.registry import SessionRegistry
 from agentrt.engine.request import Request
@@ -27,13 +27,14 @@ from agentrt.engine.scheduler import Scheduler, SchedulerConfig, StepPlan
 from agentrt.engine.session import Session
 from agentrt.engine.swap import SwapManager
 from agentrt.engine.telemetry import Telemetry
-from agentrt.errors import AgentRTError, BudgetError, SessionError
+from agentrt.errors import AgentRTError, SessionError
 
 if TYPE_CHECKING:
     from agentrt.dms.config import DMSConfig
     from agentrt.dms.serving import CachePolicy
     from agentrt.engine.model import ServingModel
     from agentrt.sessions import CheckpointInfo
+    from agentrt.sessions.retention import CheckpointPolicy
 
 log = logging.getLogger(__name__)
 
@@ -69,11 +70,12 @@ class Engine:
         db: str | None = None,
         autosave: AutosavePolicy | None = None,
         idle_ttl: float | None = None,
+        checkpoints: CheckpointPolicy | None = None,
     ) -> None:
         from agentrt.dms.budget import parse_bytes
         from agentrt.engine.limits import allocation_failed, check_kv_budget, is_allocation_error
         from agentrt.sessions.layout import SessionLayout
-        from agentrt.settings import Settings, load_settings
+        from agentrt.settings import Settings, keep_checkpoints, load_settings
 
         self.model = model
         self.tokenizer = model.tokenizer
@@ -104,11 +106,23 @@ class Engine:
         self._names = 0
         self.closed = False
         if home is not None and db is not None:
-            settings = Settings(home=Path(home), db_url=db, model=None, device="auto")
+            settings = Settings(
+                home=Path(home),
+                db_url=db,
+                model=None,
+                device="auto",
+                keep_checkpoints=keep_checkpoints(),
+            )
         else:
             settings = load_settings(home=str(home) if home else None, db=db)
         layout = SessionLayout(home=settings.home, checkpoint_dir=settings.checkpoint_dir)
-        self.persistence = Persistence(layout, settings.db_url, model, self.pool, self.window)
+        if checkpoints is None:
+            from agentrt.sessions.retention import CheckpointPolicy
+
+            checkpoints = CheckpointPolicy(keep=settings.keep_checkpoints)
+        self.persistence = Persistence(
+            layout, settings.db_url, model, self.pool, self.window, checkpoints
+        )
         self.autosave = autosave
         self.idle_ttl = idle_ttl  # seconds after which an idle, unpinned session leaves the pool
 
@@ -246,11 +260,8 @@ class Engine:
         room = planner.reserve_session(session, 0)
         if room is None:
             need = self.swap.blocks_to_restore(session)
-            raise BudgetError(
-                f"session {session.name!r} needs {need} free KV blocks to come back into the pool, "
-                f"but only {self.pool.num_free} of {self.pool.num_blocks} can be freed "
-                "(the rest are held by pinned or busy sessions)",
-                hint="unpin or close other sessions, or raise kv_budget",
+            raise budget_error(
+                self.pool, self.sessions, session, need, "to come back into the pool"
             )
         self._run_swaps(list(room.swap_out), list(room.swap_in))
 
@@ -299,6 +310,7 @@ class Engine:
             finally:
                 for s in list(self.sessions.values()):
                     self.close_session(s)
+                self.persistence.close()
                 self.closed = True
 
     def install_signal_handlers(self) -> None:
@@ -529,16 +541,15 @@ class Engine:
             if session.cache is not None
             else self.swap.blocks_to_restore(session)
         )
-        req.error = BudgetError(
-            f"session {session.name!r} needs {need} KV blocks ({need * self.pool.bytes_per_block} bytes) "
-            f"for its next {n} tokens but the pool has {self.pool.num_blocks} blocks in all "
-            f"({self.pool.num_free} free, the rest held by pinned or busy sessions)",
-            hint="raise kv_budget, lower the prefill chunk, unpin sessions or close some"
-            + (
-                f"; {req.fed} tokens of this call were already fed and stay in the session"
-                if req.fed
-                else ""
-            ),
+        req.error = budget_error(
+            self.pool,
+            self.sessions,
+            session,
+            need,
+            f"for its next {n} tokens",
+            f"; {req.fed} tokens of this call were already fed and stay in the session"
+            if req.fed
+            else "",
         )
         self._finish(req, "error")
 

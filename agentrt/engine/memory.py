@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from agentrt.engine.scheduler import Reservation
-from agentrt.errors import SessionError
+from agentrt.errors import BudgetError, SessionError
 
 if TYPE_CHECKING:
     from agentrt.dms.kv_pool import KVPool
@@ -68,3 +68,53 @@ class MemoryPlanner:
             if free >= need:
                 return chosen
         return None
+
+
+def pool_holders(pool: KVPool, registry: SessionRegistry, session: Session) -> str:
+    """Who holds the pool's blocks, largest first: `session` itself, pinned, busy, idle ones."""
+    rows = []
+    for s in registry.values():
+        if s.cache is None:
+            continue
+        role = (
+            "this session"
+            if s.id == session.id
+            else "pinned"
+            if s.pinned
+            else "busy"
+            if s.active is not None
+            else "idle"
+        )
+        rows.append((s.cache.blocks_held, f"{s.name!r} ({role}) {s.cache.blocks_held}"))
+    rows.sort(key=lambda r: -r[0])
+    shown = [text for _, text in rows[:5]]
+    if len(rows) > 5:
+        shown.append(f"{len(rows) - 5} more sessions {sum(n for n, _ in rows[5:])}")
+    shown.append(f"free {pool.num_free}")
+    return "blocks held: " + ", ".join(shown)
+
+
+def budget_error(
+    pool: KVPool, registry: SessionRegistry, session: Session, need: int, what: str, extra: str = ""
+) -> BudgetError:
+    """The BudgetError for `session` needing `need` blocks for `what`, naming who holds the pool."""
+    own = session.cache.blocks_held if session.cache is not None else 0
+    total = pool.num_blocks
+    if own + need > total:
+        hint = (
+            f"this session alone would need {own + need} of the pool's {total} blocks: raise "
+            "kv_budget, or start a new session (summarise this one into it)"
+        )
+    elif own * 2 >= total:
+        hint = (
+            f"this session itself holds {own} of the pool's {total} blocks: raise kv_budget, or "
+            "start a new session; unpinning or closing others frees the rest"
+        )
+    else:
+        hint = "unpin or close other sessions, or raise kv_budget"
+    return BudgetError(
+        f"session {session.name!r} needs {need} KV blocks "
+        f"({need * pool.bytes_per_block} bytes) {what}, but the pool has {total} blocks "
+        f"in all and only {pool.num_free} free ({pool_holders(pool, registry, session)})",
+        hint=hint + extra,
+    )

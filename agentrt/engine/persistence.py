@@ -5,6 +5,12 @@ the live slots, the token ids, the sampler state), and `write` puts the blob on 
 (temp file, fsync, rename) and commits the catalog rows outside it, so other sessions keep
 stepping while a checkpoint is written. The file layout and the per-session lock belong
 to `agentrt.sessions`.
+
+Saves chain: each session's newest checkpoint is kept as a `DeltaBase` (positions and
+expiries only), so the next save writes only what changed (`agentrt.sessions.delta`) unless
+the `CheckpointPolicy` asks for a full one. After every save, retention prunes the session's
+old restore points (`agentrt.sessions.retention`); opening reads a whole chain
+(`agentrt.sessions.chain`).
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ from typing import TYPE_CHECKING
 import torch
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from agentrt.dms.kv_pool import KVPool
     from agentrt.dms.session_cache import SessionCache
     from agentrt.engine.model import ServingModel
@@ -28,8 +36,11 @@ if TYPE_CHECKING:
         SessionInfo,
         SessionStore,
     )
+    from agentrt.sessions.checkpoint import CheckpointFileInfo
+    from agentrt.sessions.delta import DeltaBase
     from agentrt.sessions.layout import SessionLayout
     from agentrt.sessions.locks import SessionLock
+    from agentrt.sessions.retention import CheckpointPolicy
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +67,7 @@ class Snapshot:
     token_ids: list[int] = field(repr=False)
     extra: dict[str, torch.Tensor] = field(repr=False)
     stats: dict[str, int | float]  # tokens, slots, kv_bytes, compression_ratio
+    pinned: bool = False  # a pinned session keeps every checkpoint
 
     @property
     def tokens(self) -> int:
@@ -80,16 +92,26 @@ class Persistence:
     """Catalog and checkpoint files of one engine (opened lazily on first use)."""
 
     def __init__(
-        self, layout: SessionLayout, db_url: str, model: ServingModel, pool: KVPool, window: int
+        self,
+        layout: SessionLayout,
+        db_url: str,
+        model: ServingModel,
+        pool: KVPool,
+        window: int,
+        policy: CheckpointPolicy | None = None,
     ) -> None:
+        from agentrt.sessions.retention import CheckpointPolicy
+
         self.layout = layout
         self.db_url = db_url
         self.model = model
         self.pool = pool
         self.window = window
+        self.policy = policy if policy is not None else CheckpointPolicy()
         self._store: SessionStore | None = None
         self._fingerprint: Fingerprint | None = None
         self._locks: dict[str, SessionLock] = {}
+        self._bases: dict[str, DeltaBase] = {}  # session id → what its next delta is taken on
 
     # -- lazily opened pieces ----------------------------------------------------------------
     @property
@@ -121,6 +143,12 @@ class Persistence:
         src = self.model.source_dir
         return str(src) if src is not None else self.model.arch.model_type
 
+    def close(self) -> None:
+        """Release the catalog's connections (reopened lazily if used again)."""
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
     # -- single writer across processes ------------------------------------------------------
     def lock(self, session_id: str, name: str) -> None:
         """Hold the session's lock; SessionError if another process has it."""
@@ -130,7 +158,8 @@ class Persistence:
             self._locks[session_id] = SessionLock.acquire(self.layout, session_id, name)
 
     def unlock(self, session_id: str) -> None:
-        """Release the session lock (on close)."""
+        """Release the session lock (on close); its next save after reopening starts anew."""
+        self._bases.pop(session_id, None)
         lock = self._locks.pop(session_id, None)
         if lock is not None:
             lock.release()
@@ -168,14 +197,16 @@ class Persistence:
             token_ids=list(session.tokens),
             extra=extra,
             stats={k: st[k] for k in ("tokens", "slots", "kv_bytes", "compression_ratio")},
+            pinned=session.pinned,
         )
 
     def write(self, snap: Snapshot, db_id: str | None) -> CheckpointInfo:
         """Write the blob crash-safely, then its catalog rows (no engine lock needed; the
-        engine runs one write at a time).
+        engine runs one write at a time), then apply retention to the session.
 
         A session's first save locks a fresh id, writes the blob, then commits the session
         row together with its first checkpoint row: a crash leaves no row without a checkpoint.
+        Later saves write a delta on the session's previous checkpoint when the policy allows.
         """
         from agentrt.sessions.checkpoint import save_checkpoint
 
@@ -185,44 +216,24 @@ class Persistence:
             db_id = self._claim_name(snap.name)
         else:
             self.lock(db_id, snap.name)
-        parent = None if first else store.latest_checkpoint(db_id)
+        metadata = {"session": snap.name, "seed": str(snap.seed)}
+        base, delta = (None, None) if first else self._delta_for(db_id, snap)
         path = self.layout.new_blob(db_id, snap.tokens)
         try:
-            info = save_checkpoint(
-                path,
-                snap.state,
-                token_ids=snap.token_ids,
-                fingerprint=self.fingerprint,
-                extra=snap.extra,
-                metadata={"session": snap.name, "seed": str(snap.seed)},
-            )
-            fields = {
-                "file": self.layout.relative(path),
-                "size_bytes": info.size_bytes,
-                "sha256": info.sha256,
-                "tokens": info.tokens,
-                "slots": info.slots,
-                "compression_ratio": info.compression_ratio,
-                "fingerprint": info.fingerprint,
-                "format_version": info.format_version,
-            }
-            if first:
-                dms = self.model.dms
-                store.create_session(
-                    snap.name,
-                    self.model_name(),
-                    self.fingerprint.digest,
-                    dms.to_hf_dict() if dms is not None else {},
-                    session_id=db_id,
-                    first_checkpoint=fields,
-                )
-                row = store.latest_checkpoint(db_id)
-                assert row is not None
+            if delta is not None and base is not None:
+                row, info = self._write_delta(db_id, path, snap, base, delta, metadata)
             else:
-                row = store.add_checkpoint(
-                    db_id, **fields, parent_id=parent.id if parent is not None else None
+                info = save_checkpoint(
+                    path,
+                    snap.state,
+                    token_ids=snap.token_ids,
+                    fingerprint=self.fingerprint,
+                    extra=snap.extra,
+                    metadata=metadata,
                 )
+                row = self._record_full(db_id, snap, info, first)
         except BaseException:
+            self._bases.pop(db_id, None)
             if first:  # nothing of this session is in the catalog: leave no folder behind
                 path.unlink(missing_ok=True)
                 self.unlock(db_id)
@@ -230,9 +241,140 @@ class Persistence:
 
                 remove_session_dir(self.layout, db_id)
             raise
+        if delta is None:
+            from agentrt.sessions.delta import DeltaBase
+
+            self._bases[db_id] = DeltaBase.of(
+                row.id,
+                row.sha256,
+                snap.state,
+                snap.token_ids,
+                full_bytes=info.size_bytes,
+                extra=snap.extra,
+            )
         store.update_session_stats(db_id, **snap.stats)
-        log.info("saved session %s (%d tokens, %d bytes)", snap.name, info.tokens, info.size_bytes)
+        if not snap.pinned:  # a session pinned in the catalog is skipped by retention itself
+            self.apply_retention(db_id)
+        log.info(
+            "saved session %s (%d tokens, %s, %d bytes)",
+            snap.name,
+            info.tokens,
+            row.kind,
+            info.size_bytes,
+        )
         return row
+
+    def _delta_for(
+        self, db_id: str, snap: Snapshot
+    ) -> tuple[DeltaBase | None, dict[str, torch.Tensor] | None]:
+        """(base, delta tensors) for an incremental save of `snap`, or (None, None) for a full one."""
+        base = self._bases.get(db_id)
+        if base is None or self.policy.max_deltas == 0:
+            return None, None
+        rows = {c.id: c for c in self.store.checkpoints(db_id)}
+        row = rows.get(base.checkpoint_id)
+        if row is None or row.missing or row.sha256 != base.sha256:
+            self._bases.pop(db_id, None)  # pruned or replaced behind our back: start afresh
+            return None, None
+        delta = base.delta(snap.state, snap.token_ids)
+        if delta is None:
+            return None, None
+        changed = [*delta.values(), *base.changed_extra(snap.extra).values()]
+        delta_bytes = sum(t.numel() * t.element_size() for t in changed)
+        full_bytes = sum(t.numel() * t.element_size() for t in snap.state.values())
+        full_bytes += 8 * len(snap.token_ids)
+        if self.policy.wants_full(base.chain_bytes, base.deltas, delta_bytes, full_bytes):
+            return None, None
+        return base, delta
+
+    def _write_delta(
+        self,
+        db_id: str,
+        path: Path,
+        snap: Snapshot,
+        base: DeltaBase,
+        delta: dict[str, torch.Tensor],
+        metadata: dict[str, str],
+    ) -> tuple[CheckpointInfo, CheckpointFileInfo]:
+        """Write and record one incremental checkpoint on `base`; moves the base forward."""
+        from agentrt.sessions.checkpoint import save_delta
+
+        info = save_delta(
+            path,
+            delta,
+            parent_sha256=base.sha256,
+            parent_tokens=len(base.token_ids),
+            fingerprint=self.fingerprint,
+            extra=base.changed_extra(snap.extra),
+            extra_names=sorted(snap.extra),
+            metadata=metadata,
+        )
+        row = self.store.add_checkpoint(
+            db_id, **self._fields(path, info), parent_id=base.checkpoint_id, kind="incremental"
+        )
+        self._bases[db_id] = base.advanced(
+            row.id,
+            row.sha256,
+            snap.state,
+            snap.token_ids,
+            delta_bytes=info.size_bytes,
+            extra=snap.extra,
+        )
+        return row, info
+
+    def _record_full(
+        self, db_id: str, snap: Snapshot, info: CheckpointFileInfo, first: bool
+    ) -> CheckpointInfo:
+        """Commit the row of a full checkpoint (with the session row on a first save)."""
+        store = self.store
+        fields = self._fields(info.path, info)
+        if not first:
+            parent = store.latest_checkpoint(db_id)
+            return store.add_checkpoint(
+                db_id, **fields, parent_id=parent.id if parent is not None else None
+            )
+        dms = self.model.dms
+        store.create_session(
+            snap.name,
+            self.model_name(),
+            self.fingerprint.digest,
+            dms.to_hf_dict() if dms is not None else {},
+            session_id=db_id,
+            first_checkpoint=fields,
+        )
+        row = store.latest_checkpoint(db_id)
+        assert row is not None
+        return row
+
+    def _fields(self, path: Path, info: CheckpointFileInfo) -> dict[str, object]:
+        """The catalog fields of a written blob."""
+        return {
+            "file": self.layout.relative(path),
+            "size_bytes": info.size_bytes,
+            "sha256": info.sha256,
+            "tokens": info.tokens,
+            "slots": info.slots,
+            "compression_ratio": info.compression_ratio,
+            "fingerprint": info.fingerprint,
+            "format_version": info.format_version,
+        }
+
+    def apply_retention(self, db_id: str) -> int:
+        """Prune the session's restore points beyond the policy (its lock is held); bytes freed.
+
+        A failure is logged, never raised: the save it follows has already succeeded.
+        """
+        from agentrt.errors import AgentRTError
+        from agentrt.sessions.retention import prune_session
+
+        keep = self.policy.keep
+        if keep is None:
+            return 0
+        try:
+            return prune_session(self.store, self.layout, db_id, keep)
+        except (AgentRTError, OSError) as err:
+            log.warning("could not prune old checkpoints of session %s: %s", db_id, err)
+            return 0
 
     def _claim_name(self, name: str) -> str:
         """A fresh, locked session id for a first save under `name`.
@@ -265,24 +407,22 @@ class Persistence:
     def load(
         self, name_or_id: str, checkpoint: int | None = None
     ) -> tuple[SessionInfo, LoadedCheckpoint]:
-        """Lock a catalogued session, then verify and read its newest checkpoint (or the
-        `checkpoint`-th, counting from 1 = oldest, as `agentrt sessions show` numbers them).
+        """Lock a catalogued session, then verify and read its newest restore point (or the
+        `checkpoint`-th, counting from 1 = oldest, as `agentrt sessions show` numbers them):
+        a full checkpoint, or one with the chain of deltas it needs, verified link by link.
 
         The rows are read under the session's lock, so a save another process committed
         before the lock was taken is the one that opens. A newest checkpoint that is missing
         or corrupt is an error naming the older ones to choose from, never a silent fallback.
         """
         from agentrt.errors import CheckpointError
-        from agentrt.sessions.checkpoint import (
-            CheckpointCorrupt,
-            CheckpointFileMissing,
-            load_checkpoint,
-        )
+        from agentrt.sessions.chain import BrokenChain, load_chain
 
         store = self.store
         info = store.get_session(name_or_id)
         self.lock(info.id, info.name)
         ckpt: CheckpointInfo | None = None
+        rows: list[CheckpointInfo] = []
         try:
             rows = store.checkpoints(info.id)
             if not rows:
@@ -301,38 +441,54 @@ class Persistence:
             ckpt = rows[number - 1]
             if ckpt.missing:
                 raise CheckpointError(f"checkpoint {number} ({ckpt.id[:8]}) is marked missing")
-            loaded = load_checkpoint(
-                self.layout.resolve(ckpt.file),
-                expected_sha256=ckpt.sha256,
-                expected_size=ckpt.size_bytes,
-                fingerprint=self.fingerprint,
+            loaded = load_chain(
+                self.layout, rows, ckpt, fingerprint=self.fingerprint, session=info.name
             )
         except CheckpointError as err:
             self.unlock(info.id)
             if ckpt is None:
                 raise
-            if isinstance(err, CheckpointFileMissing | CheckpointCorrupt) and not ckpt.missing:
-                store.mark_checkpoint_missing(ckpt.id)
-            if checkpoint is not None or not (ckpt.missing or _lost(err)):
+            lost = isinstance(err, BrokenChain) and err.link is not None
+            if lost and not err.link.missing:
+                store.mark_checkpoint_missing(err.link.id)
+            if checkpoint is not None or not (ckpt.missing or lost):
                 raise
             raise self._newest_lost(info, rows, err) from None
         except BaseException:
             self.unlock(info.id)
             raise
+        self._bases[info.id] = self._base_of(rows, ckpt, loaded)
         info = store.set_status(info.id, "active")
         return info, loaded
+
+    def _base_of(
+        self, rows: list[CheckpointInfo], ckpt: CheckpointInfo, loaded: LoadedCheckpoint
+    ) -> DeltaBase:
+        """The delta base a restored checkpoint gives the session's next save."""
+        from agentrt.sessions.chain import chain_of
+        from agentrt.sessions.delta import DeltaBase
+
+        chain = chain_of(rows, ckpt)
+        return DeltaBase.of(
+            ckpt.id,
+            ckpt.sha256,
+            loaded.state,
+            loaded.token_ids,
+            full_bytes=chain[0].size_bytes,
+            chain_bytes=sum(c.size_bytes for c in chain[1:]),
+            deltas=len(chain) - 1,
+            extra=loaded.extra,
+        )
 
     def _newest_lost(
         self, info: SessionInfo, rows: list[CheckpointInfo], err: Exception
     ) -> Exception:
         """The loud error for a session whose newest checkpoint cannot be read."""
         from agentrt.errors import CheckpointError
+        from agentrt.sessions.chain import chain_usable
 
-        usable = [
-            n
-            for n, c in enumerate(rows[:-1], start=1)
-            if not c.missing and self.layout.resolve(c.file).is_file()
-        ]
+        rows = self.store.checkpoints(info.id)  # with the links just marked missing
+        usable = [n for n, c in enumerate(rows[:-1], start=1) if chain_usable(rows, c, self.layout)]
         why = err.message if isinstance(err, CheckpointError) else str(err)
         message = (
             f"the newest checkpoint of session {info.name!r} (checkpoint {len(rows)}) "

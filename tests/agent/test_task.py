@@ -247,3 +247,12 @@ def test_fuzzed_task_files_give_clear_errors(folder, text):
         message = str(err)
         assert str(path) in message or "--set" in message, message
         assert re.search(r"line \d+|empty|invalid YAML|cannot read", message), message
+
+
+def test_keep_checkpoints_is_a_session_option(folder):
+    path = _write(folder, GOOD.format(model="model"))
+    assert load_task(path).session.keep_checkpoints is None
+    spec = load_task(path, ["session.keep_checkpoints=5"])
+    assert spec.session.keep_checkpoints == 5
+    with pytest.raises(TaskFileError, match="keep_checkpoints"):
+        load_task(path, ["session.keep_checkpoints=0"])

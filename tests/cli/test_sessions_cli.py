@@ -20,6 +20,7 @@ from agentrt import Engine
 from agentrt.cli.main import cli
 from agentrt.errors import CheckpointError, SessionError
 from agentrt.sessions import SessionStore, open_catalog
+from agentrt.sessions.chain import chain_of
 from tests.dms.serving_helpers import tiny_model
 from tests.runtime.tokenizer_fixture import byte_tokenizer
 
@@ -194,7 +195,9 @@ def test_fork_copies_the_checkpoint_and_both_reopen_identically(
     src, dst = st.latest_checkpoint("alpha"), st.latest_checkpoint("beta")
     assert dst is not None and src is not None and dst.file != src.file
     assert (dst.sha256, dst.fingerprint, dst.tokens) == (src.sha256, src.fingerprint, src.tokens)
-    assert len(st.checkpoints("beta")) == 1
+    # the newest is a delta: the fork copies it with its chain (its full checkpoint)
+    assert [c.kind for c in st.checkpoints("beta")] == ["full", "incremental"]
+    assert [c.sha256 for c in st.checkpoints("beta")] == [c.sha256 for c in st.checkpoints("alpha")]
     assert [m.content for m in st.messages("beta")] == [m.content for m in st.messages("alpha")]
     assert oct((agentrt_home / dst.file).stat().st_mode & 0o777) == "0o600"
     torch.testing.assert_close(next_logits(model_dir, "beta"), next_logits(model_dir, "alpha"))
@@ -299,9 +302,12 @@ def test_gc_keep_prunes_old_checkpoints(model_dir: Path, agentrt_home: Path) -> 
     assert len(old) == 3
     result = invoke("sessions", "gc", "--keep", "1")
     assert result.exit_code == 0, result.output
-    (left,) = st.checkpoints("alpha")
-    assert left.id == old[-1].id and (agentrt_home / left.file).is_file()
-    assert not any((agentrt_home / c.file).exists() for c in old[:-1])
+    # the newest restore point stays with the links of its chain (down to its full one)
+    chain = chain_of(old, old[-1])
+    left = st.checkpoints("alpha")
+    assert [c.id for c in left] == [c.id for c in chain] and left[0].kind == "full"
+    assert all((agentrt_home / c.file).is_file() for c in left)
+    assert not any((agentrt_home / c.file).exists() for c in old if c not in chain)
     assert invoke("sessions", "gc", "--keep", "0").exit_code == 2
 
 
@@ -351,7 +357,7 @@ def test_show_marks_deleted_and_corrupt_checkpoints_missing(
 ) -> None:
     save_session(model_dir, "alpha", saves=3)
     first, middle, newest = store().checkpoints("alpha")
-    (agentrt_home / first.file).unlink()
+    assert [c.kind for c in (first, middle, newest)] == ["full", "incremental", "incremental"]
     path = agentrt_home / newest.file
     data = bytearray(path.read_bytes())
     data[-5] ^= 0xFF  # same size, different bytes
@@ -360,10 +366,15 @@ def test_show_marks_deleted_and_corrupt_checkpoints_missing(
     assert result.exit_code == 0, result.output
     lines = [line for line in result.stdout.splitlines() if middle.id[:8] in line]
     assert lines and "MISSING" not in lines[0]
-    assert sum("MISSING" in line for line in result.stdout.splitlines()) == 2
+    assert sum("MISSING" in line for line in result.stdout.splitlines()) == 1
     assert "newest checkpoint (3) is unusable" in result.stderr
     report = json.loads(invoke("sessions", "show", "alpha", "--json").stdout)
-    assert [c["missing"] for c in report["checkpoints"]] == [True, False, True]
+    assert [c["missing"] for c in report["checkpoints"]] == [False, False, True]
     assert report["layers"] and sum(x["slots"] for x in report["layers"]) == middle.slots
     refused = invoke("resume", "alpha", "--model", str(model_dir), "-n", "0")
     assert refused.exit_code == 4 and "--checkpoint 2" in refused.output
+    assert "link 3 of 3" in refused.output  # the chain names its broken link
+    # without its full checkpoint no delta of the chain can be restored
+    (agentrt_home / first.file).unlink()
+    report = json.loads(invoke("sessions", "show", "alpha", "--json").stdout)
+    assert [c["missing"] for c in report["checkpoints"]] == [True, True, True]

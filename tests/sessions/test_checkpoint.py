@@ -19,6 +19,7 @@ from agentrt.dms.session_cache import SessionCache
 from agentrt.errors import BudgetError, CheckpointError
 from agentrt.sessions import (
     FORMAT_VERSION,
+    FULL_VERSION,
     load_checkpoint,
     model_fingerprint,
     save_checkpoint,
@@ -185,11 +186,11 @@ def test_file_permissions_header_and_redacted_repr(saved) -> None:
     _, _, info, fp, _ = saved
     assert info.path.stat().st_mode & 0o777 == 0o600
     assert info.path.parent.stat().st_mode & 0o777 == 0o700
-    assert info.format_version == FORMAT_VERSION and info.fingerprint == fp.digest
+    assert info.format_version == FULL_VERSION and info.fingerprint == fp.digest
     loaded = load_checkpoint(info.path)
     assert loaded.header["fingerprint"] == fp.digest and loaded.fingerprint_parts == fp.parts
     assert loaded.header["dtype"] == "float32" and loaded.window == 3
-    assert repr(loaded).startswith(f"LoadedCheckpoint(format_version={FORMAT_VERSION}, ")
+    assert repr(loaded).startswith(f"LoadedCheckpoint(format_version={FULL_VERSION}, ")
     assert "turn" not in repr(loaded) and "token_ids" not in repr(loaded)
 
 

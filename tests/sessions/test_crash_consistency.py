@@ -3,7 +3,8 @@
 Worker processes (children forked by tests/sessions/save_worker.py) create and save
 sessions in a loop on one shared catalog, several at once; each is SIGKILLed at a random
 moment after its first completed save. Afterwards every session row has a
-checkpoint, every checkpoint verifies (size, SHA-256, header digest), every save a worker
+checkpoint, every restore point verifies (size, SHA-256, header digest of each link of its
+chain of deltas), every save a worker
 reported as done is in the catalog, and `gc` leaves all of that intact. The default run
 kills 20 workers (CI); the `slow` variant kills 100.
 """
@@ -21,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from agentrt.sessions import SessionStore, load_checkpoint, open_catalog
+from agentrt.sessions import SessionStore, load_chain, open_catalog
 from agentrt.sessions.gc import collect_files, mark_missing
 from agentrt.sessions.layout import SessionLayout
 from tests.dms.serving_helpers import tiny_model
@@ -66,10 +67,10 @@ def fork_child(server: subprocess.Popen, prefix: str) -> int:
     return int(pid)
 
 
-def wait_for_first_save(log: Path, pid: int, timeout: float = 120.0) -> None:
-    """Until the child logged a completed save (its model loaded, the catalog migrated)."""
+def wait_for_first_save(log: Path, pid: int, timeout: float = 120.0, saves: int = 1) -> None:
+    """Until the child logged `saves` completed saves (its model loaded, the catalog migrated)."""
     deadline = time.monotonic() + timeout
-    while not (log.is_file() and log.read_text().startswith("saved ")):
+    while not (log.is_file() and log.read_text().count("saved ") >= saves):
         assert time.monotonic() < deadline, f"child {pid} saved nothing in {timeout} s"
         os.kill(pid, 0)  # raises if the child died on its own
         time.sleep(0.02)
@@ -83,16 +84,19 @@ def gone(pid: int) -> bool:
     return False
 
 
-def kill_workers(model_dir: Path, home: Path, kills: int, seed: int) -> dict[str, set[int]]:
-    """SIGKILL `kills` saving children at random moments; returns the saves they logged."""
+def kill_workers(
+    model_dir: Path, home: Path, kills: int, seed: int, *, kind: str = "w", saves: int = 1
+) -> dict[str, set[int]]:
+    """SIGKILL `kills` saving children (`kind` w: many sessions, chain: one growing session)
+    at random moments after `saves` completed saves; returns the saves they logged."""
     rng = random.Random(seed)
     server = start_server(model_dir, home)
     try:
         for first in range(0, kills, PARALLEL):
-            prefixes = [f"w{k}" for k in range(first, min(kills, first + PARALLEL))]
+            prefixes = [f"{kind}{k}" for k in range(first, min(kills, first + PARALLEL))]
             pids = [fork_child(server, p) for p in prefixes]
             for prefix, pid in zip(prefixes, pids, strict=True):
-                wait_for_first_save(home / f"{prefix}.log", pid)
+                wait_for_first_save(home / f"{prefix}.log", pid, saves=saves)
             for pid in pids:  # each dies somewhere in its loop of saves (~10-50 ms each)
                 time.sleep(rng.uniform(0.0, 0.3))
                 os.kill(pid, signal.SIGKILL)
@@ -104,7 +108,7 @@ def kill_workers(model_dir: Path, home: Path, kills: int, seed: int) -> dict[str
         server.stdin.close()
         server.wait(timeout=30)
     done: dict[str, set[int]] = defaultdict(set)
-    for log in home.glob("w*.log"):
+    for log in home.glob(f"{kind}*.log"):
         for line in log.read_text().splitlines():
             record(done, line)
     return done
@@ -123,11 +127,10 @@ def check_catalog(store: SessionStore, layout: SessionLayout, done: dict[str, se
     for info in by_name.values():
         rows = store.checkpoints(info)
         assert rows, f"session {info.name!r} has a row but no checkpoint"
-        for c in rows:
+        for c in rows:  # every restore point: a full checkpoint, or one with its chain
             assert not c.missing
-            load_checkpoint(
-                layout.resolve(c.file), expected_sha256=c.sha256, expected_size=c.size_bytes
-            )
+            loaded = load_chain(layout, rows, c)
+            assert loaded.next_pos == c.tokens
             verified += 1
     for name, tokens in done.items():
         assert name in by_name, f"a completed save of {name!r} was lost"

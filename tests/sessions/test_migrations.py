@@ -50,6 +50,7 @@ EXPECTED: dict[str, list[str]] = {
     "checkpoints": [
         "id", "session_id", "created_at", "file", "bytes", "sha256", "tokens", "slots",
         "compression_ratio", "fingerprint", "format_version", "parent_id", "kind", "missing",
+        "label",
     ],
     "runs": [
         "id", "task_file", "task_name", "model", "status", "started_at", "finished_at", "options",

@@ -1,7 +1,7 @@
 """Placements: which engine replica of a Ray cluster holds each session.
 
-Revision ID: 0002_placements
-Revises: 0001
+Revision ID: 0003_placements
+Revises: 0002
 
 Hand-written and frozen, like 0001: it never imports `agentrt.sessions.models`. Runs
 unchanged on SQLite and PostgreSQL.
@@ -12,8 +12,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0002_placements"
-down_revision = "0001"
+revision = "0003_placements"
+down_revision = "0002"
 branch_labels = None
 depends_on = None
 
