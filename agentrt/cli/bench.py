@@ -188,3 +188,8 @@ def server(
     (out / "server.json").write_text(json.dumps(result, indent=2))
     click.echo(format_table(result))
     click.echo(f"wrote {out / 'server.json'}")
+
+
+from agentrt.cli.bench_hyper import hyper  # noqa: E402 - registered last, kept in its own module
+
+bench.add_command(hyper)
