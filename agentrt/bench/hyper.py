@@ -41,22 +41,22 @@ class Problem:
     answer: str
 
 
-def few_shot(examples: int, seed: int) -> str:
+def few_shot(examples: int, seed: int, top: int = 9) -> str:
     """Worked sums shown before every question (the shared, prefilled-once prefix)."""
     rng = random.Random(seed)
     lines = []
     for _ in range(examples):
-        a, b = rng.randint(1, 30), rng.randint(1, 30)
+        a, b = rng.randint(1, top), rng.randint(1, top)
         lines.append(f"{a} + {b} = {a + b}")
     return "Worked examples:\n" + "\n".join(lines) + "\n\nNow the question."
 
 
-def make_problems(count: int, seed: int) -> list[Problem]:
-    """`count` sums a + b with 1 <= a, b <= 30, reproducible from `seed`."""
+def make_problems(count: int, seed: int, top: int = 9) -> list[Problem]:
+    """`count` sums a + b with 1 <= a, b <= top, reproducible from `seed`."""
     rng = random.Random(seed + 1)
     out = []
     for _ in range(count):
-        a, b = rng.randint(1, 30), rng.randint(1, 30)
+        a, b = rng.randint(1, top), rng.randint(1, top)
         out.append(Problem(f"What is {a} + {b}?", str(a + b)))
     return out
 
@@ -80,7 +80,8 @@ def run_hyper_bench(
     *,
     problems: int = 12,
     ns: tuple[int, ...] = (1, 2, 4, 8),
-    examples: int = 30,
+    examples: int = 50,
+    max_operand: int = 9,
     max_new_tokens: int = 4,
     temperature: float = 0.8,
     top_p: float = 0.95,
@@ -99,8 +100,8 @@ def run_hyper_bench(
 
         raise ConfigError("the hyper-scaling benchmark needs a model with a tokenizer")
     fmt = ChatFormat(model.tokenizer)
-    shots = few_shot(examples, seed)
-    probs = make_problems(problems, seed)
+    shots = few_shot(examples, seed, max_operand)
+    probs = make_problems(problems, seed, max_operand)
     prompts = [
         fmt.prompt(
             [
@@ -175,7 +176,8 @@ def run_hyper_bench(
         "torch": torch.__version__,
         "dtype": str(model.dtype),
         "dms": model.dms.to_hf_dict() if model.dms is not None else None,
-        "task": f"sums a + b (1..30) after {examples} worked examples (shared prefix, {cut} tokens)",
+        "task": f"sums a + b (1..{max_operand}) after {examples} worked examples "
+        f"(shared prefix, {cut} tokens)",
         "problems": len(probs),
         "ns": list(ns),
         "sampling": {"temperature": temperature, "top_p": top_p, "max_new_tokens": max_new_tokens},

@@ -22,8 +22,10 @@ from agentrt.cli.options import device_option, model_option, resolve_settings
 )
 @click.option("--problems", default=12, show_default=True, type=click.IntRange(min=1))
 @click.option("--ns", default="1,2,4,8", show_default=True, help="Chain counts N to compare.")
-@click.option("--examples", default=30, show_default=True, type=click.IntRange(min=0),
+@click.option("--examples", default=50, show_default=True, type=click.IntRange(min=0),
               help="Worked examples in the shared prefix.")  # fmt: skip
+@click.option("--max-operand", default=9, show_default=True, type=click.IntRange(min=1),
+              help="Sums a + b use 1 <= a, b <= this.")  # fmt: skip
 @click.option("--max-new-tokens", default=4, show_default=True, type=click.IntRange(min=1))
 @click.option("--temperature", default=0.8, show_default=True, type=click.FloatRange(min=0))
 @click.option("--seed", default=0, show_default=True)
@@ -38,6 +40,7 @@ def hyper(
     problems: int,
     ns: str,
     examples: int,
+    max_operand: int,
     max_new_tokens: int,
     temperature: float,
     seed: int,
@@ -68,6 +71,7 @@ def hyper(
         problems=problems,
         ns=levels,
         examples=examples,
+        max_operand=max_operand,
         max_new_tokens=max_new_tokens,
         temperature=temperature,
         seed=seed,
