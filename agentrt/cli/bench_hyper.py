@@ -11,6 +11,17 @@ import click
 from agentrt.cli.options import device_option, model_option, resolve_settings
 
 
+def chain_counts(text: str) -> tuple[int, ...]:
+    """ "1,2,4,8" as chain counts (each at least 1), else a usage error (exit 2)."""
+    try:
+        values = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError as err:
+        raise click.BadParameter(f"{text!r} is not a comma-separated list of integers") from err
+    if not values or min(values) < 1:
+        raise click.BadParameter(f"{text!r}: give chain counts of at least 1, e.g. 1,2,4,8")
+    return values
+
+
 @click.command("hyper")
 @model_option
 @device_option
@@ -21,7 +32,13 @@ from agentrt.cli.options import device_option, model_option, resolve_settings
     help="DMS adapter folder (adapters.safetensors + dms_config.json) for a plain model.",
 )
 @click.option("--problems", default=12, show_default=True, type=click.IntRange(min=1))
-@click.option("--ns", default="1,2,4,8", show_default=True, help="Chain counts N to compare.")
+@click.option(
+    "--ns",
+    default="1,2,4,8",
+    show_default=True,
+    callback=lambda _ctx, _p, text: chain_counts(text),
+    help="Chain counts N to compare (comma-separated).",
+)
 @click.option("--examples", default=50, show_default=True, type=click.IntRange(min=0),
               help="Worked examples in the shared prefix.")  # fmt: skip
 @click.option("--max-operand", default=9, show_default=True, type=click.IntRange(min=1),
@@ -38,7 +55,7 @@ def hyper(
     ctx: click.Context,
     adapters: Path | None,
     problems: int,
-    ns: str,
+    ns: tuple[int, ...],
     examples: int,
     max_operand: int,
     max_new_tokens: int,
@@ -50,13 +67,11 @@ def hyper(
 ) -> None:
     """Accuracy of majority-of-N DMS chains vs one dense chain, with the KV bytes each holds."""
     from agentrt.bench.hyper import format_table, plot, run_hyper_bench
-    from agentrt.cli.bench import _parse_ints
     from agentrt.dms import load_model
     from agentrt.engine import resolve_device
     from agentrt.engine.limits import check_kv_budget
     from agentrt.models.resolve import load_resolved, resolve
 
-    levels = _parse_ints(ns, minimum=1)
     settings = resolve_settings(ctx)
     device = resolve_device(settings.device)
     check_kv_budget(kv_budget, device)  # before the model is read
@@ -69,7 +84,7 @@ def hyper(
     result = run_hyper_bench(
         model,
         problems=problems,
-        ns=levels,
+        ns=ns,
         examples=examples,
         max_operand=max_operand,
         max_new_tokens=max_new_tokens,
