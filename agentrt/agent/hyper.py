@@ -9,7 +9,6 @@ run's JSONL record.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -35,8 +34,12 @@ class ParallelDecoder:
         self.spec = spec
         self.results: list[ParallelResult] = []  # one per model turn since the last `clear`
 
-    def __call__(self, session: Any, params: SamplingParams) -> Iterator[int]:
-        """Run the N chains of one turn; the session now holds the winning chain."""
+    def __call__(self, session: Any, params: SamplingParams) -> list[int]:
+        """Run the N chains of one turn; the session now holds the winning chain (its ids).
+
+        A list, not an iterator: the loop knows the whole turn is in the cache already, so a
+        stop mid-turn keeps it (nothing is fed twice or lost).
+        """
         res = session.sample_parallel(
             self.spec.samples,
             params=params,
@@ -45,7 +48,7 @@ class ParallelDecoder:
             keep="winner",
         )
         self.results.append(res)
-        return iter(res.chains[res.winner].token_ids)
+        return list(res.chains[res.winner].token_ids)
 
     def clear(self) -> None:
         """Forget the turns recorded so far (a new input starts)."""

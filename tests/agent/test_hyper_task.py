@@ -108,3 +108,34 @@ def test_the_example_task_loads():
     spec = load_task(ROOT / "examples" / "hyper-scaling.yaml", check_model=False)
     assert spec.hyper is not None and spec.hyper.samples == "auto"
     assert spec.hyper.vote.answer_pattern is not None
+
+
+def test_a_stop_mid_turn_keeps_the_whole_winning_chain():
+    """The chains are already in the cache when the loop streams the winner: Ctrl-C keeps it."""
+    from agentrt import Engine
+    from agentrt.agent import Agent, AgentCallbacks, Limits
+    from agentrt.agent.hyper import HyperSpec, ParallelDecoder
+    from agentrt.engine import SamplingParams
+    from tests.agent.helpers import chat_model
+
+    eng = Engine(chat_model("smollm2"), num_blocks=3000, block_size=8)
+    decoder = ParallelDecoder(HyperSpec(samples=3))
+
+    class StopAtFirstToken(AgentCallbacks):
+        def on_token(self, text):
+            agent.stop()
+
+    agent = Agent(
+        eng.new_session(seed=0),
+        sampling=SamplingParams(max_new_tokens=6, temperature=1.0, seed=2, ignore_eos=True),
+        limits=Limits(max_new_tokens=6),
+        decoder=decoder,
+        callbacks=StopAtFirstToken(),
+    )
+    res = agent.ask("Hello there")
+    assert res.finish_reason == "interrupted"
+    (turn,) = decoder.results
+    assert res.generated_tokens == len(turn.chains[turn.winner].token_ids) == 6
+    s = agent.session
+    assert s.tokens + [s.pending_token] == agent.ids  # the loop and the cache agree
+    eng.close()
