@@ -418,6 +418,8 @@ class Agent:
             close = getattr(stream, "close", None)
             if close is not None:
                 close()
+        if interrupted and isinstance(stream, list):  # the decoder fed the whole turn already
+            generated = [int(t) for t in stream]
         rest = detok.flush()
         if rest:
             self.callbacks.on_token(rest)

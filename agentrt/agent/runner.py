@@ -128,6 +128,10 @@ class TaskRunner:
         self.resume = resume
         self.display = display or NullDisplay()
         self.callbacks = _Progress(self.display, callbacks)
+        if decoder is None and spec.hyper is not None:
+            from agentrt.agent.hyper import ParallelDecoder
+
+            decoder = ParallelDecoder(spec.hyper)
         self.decoder = decoder
         self.stop_flag = threading.Event()
         self.agent: Agent | None = None
@@ -289,11 +293,18 @@ class TaskRunner:
         self.display.begin(inp.id)
         t0 = time.monotonic()
         error = None
+        if hasattr(self.decoder, "clear"):
+            self.decoder.clear()
         try:
             result = agent.ask(inp.prompt)
         except SessionError as err:  # e.g. context limit with no room to summarise
             result, error = AgentResult(finish_reason="error", message=err.message), err.message
         record = self._record(inp, agent, result, time.monotonic() - t0)
+        samples = self.decoder.record() if hasattr(self.decoder, "record") else None
+        if samples is not None:  # hyper-scaling: the answer turn's chains and vote
+            record["samples"] = samples
+            if samples["n_note"]:
+                self.display.note(samples["n_note"])
         with self.spec.output.open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
         status = {"done": "done", "interrupted": "pending"}.get(record["status"], "failed")

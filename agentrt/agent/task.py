@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agentrt.agent.hyper import HyperSpec
 from agentrt.agent.loop import ContextPolicy, Limits
 from agentrt.agent.task_file import Located, apply_sets, get, read_task_yaml, schema_problems
 from agentrt.engine import SamplingParams
@@ -102,6 +103,7 @@ class TaskSpec:
     session: SessionSpec
     output: Path
     options: dict[str, Any] = field(repr=False, default_factory=dict)  # the values, for the catalog
+    hyper: HyperSpec | None = None  # generation.samples: N chains per turn, voted
 
 
 def load_task(
@@ -157,6 +159,7 @@ def _build(loc: Located, base: Path, *, check_model: bool) -> TaskSpec:
     except AgentRTError as err:
         problems.append(loc.problem(("generation",), err.message))
         sampling, limits, context = SamplingParams(), Limits(), ContextPolicy()
+    hyper = _hyper(loc, sampling, problems)
     output = get(v, "output", "path") if isinstance(v.get("output"), dict) else v.get("output")
     out_path = (base / output) if output else base / f"{name}.jsonl"
     if out_path.exists() and not out_path.is_file():
@@ -193,7 +196,37 @@ def _build(loc: Located, base: Path, *, check_model: bool) -> TaskSpec:
         ),
         output=out_path,
         options={k: v[k] for k in v if k != "inputs"},
+        hyper=hyper,
     )
+
+
+def _hyper(loc: Located, sampling: SamplingParams, problems: list[str]) -> HyperSpec | None:
+    """generation.samples / vote / answer_pattern as a HyperSpec (None without `samples`)."""
+    from agentrt.engine.vote import VoteSpec
+
+    gen = loc.values.get("generation", {})
+    samples = gen.get("samples")
+    if samples is None:
+        for key in ("vote", "answer_pattern"):
+            if key in gen:
+                problems.append(
+                    loc.problem(("generation", key), f"{key} needs generation.samples (N or auto)")
+                )
+        return None
+    if samples != 1 and sampling.greedy:
+        problems.append(
+            loc.problem(
+                ("generation", "samples"),
+                f"samples={samples} with greedy decoding gives {samples} identical chains; "
+                "set generation.temperature > 0 (e.g. 0.7)",
+            )
+        )
+    try:
+        vote = VoteSpec(gen.get("vote", "majority"), gen.get("answer_pattern"))
+    except AgentRTError as err:
+        problems.append(loc.problem(("generation", "answer_pattern"), err.message))
+        return None
+    return HyperSpec(samples=samples, vote=vote)
 
 
 def _ok_name(name: str) -> bool:

@@ -267,3 +267,8 @@ def soak(ctx: click.Context, use_default: bool, no_replay: bool, out: Path, **op
     click.echo(f"wrote {out / 'soak.json'} and {out / 'soak.png'}")
     if not result["ok"]:
         ctx.exit(1)
+
+
+from agentrt.cli.bench_hyper import hyper  # noqa: E402 - registered last, kept in its own module
+
+bench.add_command(hyper)

@@ -251,6 +251,27 @@ class Engine:
             child.generator.set_state(parent.generator.get_state())
             return child
 
+    def adopt(self, target: Session, source: Session) -> None:
+        """Continue `target` as `source` (a fork of it), then close `source`; nothing is re-fed."""
+        with self._lock:
+            for s in (target, source):
+                if s.active is not None:
+                    raise SessionError(f"session {s.name!r} is busy; adopt between calls")
+            target.check_usable()
+            self._require_resident(source)
+            if target.cache is not None:
+                target.cache.free()  # blocks shared with `source` stay alive through its refs
+            self.swap.discard(target)
+            target.cache, source.cache = source.cache, None
+            target.tokens, source.tokens = source.tokens, []
+            target.pending_token = source.pending_token
+            target.last_logits = source.last_logits
+            target.generator.set_state(source.generator.get_state())
+            for key, value in source.counters.items():
+                target.counters[key] += value
+            target.last_used = time.monotonic()
+            self.close_session(source)
+
     def _require_resident(self, session: Session) -> None:
         """Bring a swapped session back or raise BudgetError (and refuse broken sessions)."""
         session.check_usable()

@@ -18,6 +18,7 @@ from agentrt.errors import AgentRTError, ConfigError, SessionError
 if TYPE_CHECKING:
     from agentrt.dms.session_cache import SessionCache
     from agentrt.engine.engine import Engine
+    from agentrt.engine.hyper import ParallelResult
     from agentrt.engine.request import Request
     from agentrt.engine.swap import SwapRecord
 
@@ -255,6 +256,34 @@ class Session:
                 yield token
         finally:
             await asyncio.to_thread(it.close)
+
+    def sample_parallel(
+        self,
+        n: int | str | None = "auto",
+        max_new_tokens: int | None = None,
+        *,
+        params: SamplingParams | None = None,
+        vote: str = "majority",
+        answer_pattern: str | None = None,
+        keep: str = "winner",
+        **sampling: Any,
+    ) -> ParallelResult:
+        """Fork n chains from this prefilled session, decode them in one batch, vote on answers.
+
+        Chain i uses seed `seed + i`; "auto" picks the largest n whose compressed chains fit
+        the free KV memory. keep="winner" continues this session as the winning chain, "all"
+        keeps every chain open as its own session (see docs/ENGINE.md, hyper-scaling).
+        """
+        from agentrt.engine.hyper import sample_parallel
+        from agentrt.engine.vote import VoteSpec
+
+        params = _sampling_params(max_new_tokens, params, sampling)
+        spec = VoteSpec(vote=vote, answer_pattern=answer_pattern)
+        self._acquire()
+        try:
+            return sample_parallel(self, n, params, spec, keep=keep)
+        finally:
+            self._release()
 
     def stats(self) -> dict[str, Any]:
         """Tokens, slots, KV bytes, compression ratio (overall, per layer, per head), residency."""

@@ -213,23 +213,56 @@ async def generate_choice(
     yield ("done", prep.cached_tokens)
 
 
+async def prepare_choices(job: Job, first: Prepared) -> list[Prepared]:
+    """Choice 0 on the prepared prompt, choices 1..n-1 on copy-on-write forks of it (one prefill)."""
+    svc = job.svc
+    if job.body.n == 1:
+        return [first]
+    try:
+        rest = await run(svc, svc.fork_prepared, first, job.body.n - 1, job.max_tokens)
+    except BaseException:
+        await run(svc, lambda: svc.finish(first, keep=False))
+        raise
+    return [first, *rest]
+
+
+async def collect_choice(
+    job: Job, i: int, request: Request, prep: Prepared
+) -> tuple[list[int], int]:
+    """All token ids of choice i and the cached prompt tokens."""
+    ids: list[int] = []
+    cached = 0
+    async for item in generate_choice(job, i, request, prep):
+        if isinstance(item, tuple):
+            cached = item[1]
+        else:
+            ids.append(item)
+    return ids, cached
+
+
 @router.post("/v1/chat/completions")
 async def chat_completions(request: Request) -> Any:
-    """OpenAI chat completions (stream or not); prompt prefix reused from live sessions."""
+    """OpenAI chat completions (stream or not); prompt prefix reused from live sessions.
+
+    `n` choices share one prefill: n-1 copy-on-write forks of the prompt decode together
+    with choice 0 in the engine's shared steps.
+    """
     svc = service_of(request)
     body = await parse_body(request, ChatCompletionRequest)
     job = Job(svc, body)
-    if body.stream:  # admission errors (429, 400) come before the 200 status line
-        first = await run(svc, svc.prepare, job.ids, job.max_tokens)
+    # admission errors (429, 400) come before the 200 status line
+    first = await run(svc, svc.prepare, job.ids, job.max_tokens)
+    if body.stream:
         return StreamingResponse(stream_chat(job, request, first), media_type="text/event-stream")
-    choices, completion, cached = [], 0, 0
-    for i in range(body.n):
-        ids: list[int] = []
-        async for item in generate_choice(job, i, request):
-            if isinstance(item, tuple):
-                cached = item[1] if i == 0 else cached
-            else:
-                ids.append(item)
+    preps = await prepare_choices(job, first)
+    outs = await asyncio.gather(
+        *(collect_choice(job, i, request, p) for i, p in enumerate(preps)), return_exceptions=True
+    )
+    for out in outs:
+        if isinstance(out, BaseException):
+            raise out
+    choices, completion = [], 0
+    for i, (ids, _cached) in enumerate(outs):
         completion += len(ids)
         text, by_string = cut_at_stop(job.fmt.reply_text(ids, svc.stop_ids), job.stop_strings)
         message, has_calls = assistant_message(job.prefix + text, bool(job.tools))
@@ -242,68 +275,91 @@ async def chat_completions(request: Request) -> Any:
             "created": job.created,
             "model": body.model,
             "choices": choices,
-            "usage": usage(len(job.ids), completion, cached),
+            "usage": usage(len(job.ids), completion, first.cached_tokens),
         }
     )
 
 
-async def stream_chat(job: Job, request: Request, first: Prepared) -> AsyncIterator[str]:
-    """SSE chunks: role, content deltas (tool calls in one chunk at the end), finish, usage, [DONE]."""
+async def choice_chunks(
+    job: Job, i: int, request: Request, prep: Prepared, counts: dict[str, int]
+) -> AsyncIterator[str]:
+    """SSE chunks of choice i: role, content deltas (tool calls at the end), finish."""
     svc = job.svc
-    completion, cached = 0, 0
     hold = max((len(s) for s in job.stop_strings), default=1) - 1
-    handed = False  # whether generate_choice took over `first` (it settles it however it ends)
-    try:
-        for i in range(job.body.n):
-            yield job.chunk(
-                [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
-            )
-            detok = IncrementalDetokenizer(svc.engine.tokenizer)
-            ids: list[int] = []
-            text, sent = job.prefix, 0
-            handed = True
-            async for item in generate_choice(job, i, request, first if i == 0 else None):
-                if isinstance(item, tuple):
-                    cached = item[1] if i == 0 else cached
-                    continue
-                ids.append(item)
-                if item in svc.stop_ids:
-                    continue
-                text += detok.push(item)
-                if not job.tools:  # tool calls are parsed from the whole reply, sent at the end
-                    safe, _ = cut_at_stop(text, job.stop_strings)
-                    upto = len(safe) if len(safe) < len(text) else max(len(text) - hold, sent)
-                    if upto > sent:
-                        yield job.chunk(
-                            [
-                                {
-                                    "index": i,
-                                    "delta": {"content": text[sent:upto]},
-                                    "finish_reason": None,
-                                }
-                            ]
-                        )
-                        sent = upto
-            text += detok.flush()
-            text, by_string = cut_at_stop(text, job.stop_strings)
-            completion += len(ids)
-            has_calls = False
-            if job.tools:
-                message, has_calls = assistant_message(text, True)
-                if has_calls:
-                    calls = [dict(c, index=k) for k, c in enumerate(message["tool_calls"])]
-                    yield job.chunk(
-                        [{"index": i, "delta": {"tool_calls": calls}, "finish_reason": None}]
-                    )
-            if not has_calls and len(text) > sent:
+    yield job.chunk(
+        [{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]
+    )
+    detok = IncrementalDetokenizer(svc.engine.tokenizer)
+    ids: list[int] = []
+    text, sent = job.prefix, 0
+    async for item in generate_choice(job, i, request, prep):
+        if isinstance(item, tuple):
+            continue
+        ids.append(item)
+        if item in svc.stop_ids:
+            continue
+        text += detok.push(item)
+        if not job.tools:  # tool calls are parsed from the whole reply, sent at the end
+            safe, _ = cut_at_stop(text, job.stop_strings)
+            upto = len(safe) if len(safe) < len(text) else max(len(text) - hold, sent)
+            if upto > sent:
                 yield job.chunk(
-                    [{"index": i, "delta": {"content": text[sent:]}, "finish_reason": None}]
+                    [{"index": i, "delta": {"content": text[sent:upto]}, "finish_reason": None}]
                 )
-            reason = "tool_calls" if has_calls else job.finish_reason(ids, by_string)
-            yield job.chunk([{"index": i, "delta": {}, "finish_reason": reason}])
+                sent = upto
+    text += detok.flush()
+    text, by_string = cut_at_stop(text, job.stop_strings)
+    counts["completion"] += len(ids)
+    has_calls = False
+    if job.tools:
+        message, has_calls = assistant_message(text, True)
+        if has_calls:
+            calls = [dict(c, index=k) for k, c in enumerate(message["tool_calls"])]
+            yield job.chunk([{"index": i, "delta": {"tool_calls": calls}, "finish_reason": None}])
+    if not has_calls and len(text) > sent:
+        yield job.chunk([{"index": i, "delta": {"content": text[sent:]}, "finish_reason": None}])
+    reason = "tool_calls" if has_calls else job.finish_reason(ids, by_string)
+    yield job.chunk([{"index": i, "delta": {}, "finish_reason": reason}])
+
+
+async def stream_chat(job: Job, request: Request, first: Prepared) -> AsyncIterator[str]:
+    """SSE chunks of all choices as they come (they decode together), then usage and [DONE]."""
+    svc = job.svc
+    counts = {"completion": 0}
+    queue: asyncio.Queue[str | BaseException | None] = asyncio.Queue()
+    preps: list[Prepared] = []
+    handed: set[int] = set()  # choices whose generate_choice settles their session itself
+    tasks: list[asyncio.Task[None]] = []
+
+    async def pump(i: int, prep: Prepared) -> None:
+        handed.add(i)
+        try:
+            async for chunk in choice_chunks(job, i, request, prep, counts):
+                await queue.put(chunk)
+        except Exception as err:  # noqa: BLE001 - reported in the stream by the consumer
+            await queue.put(err)
+        finally:
+            await queue.put(None)
+
+    try:
+        try:
+            preps = await prepare_choices(job, first)
+        except BaseException:
+            handed.add(0)  # prepare_choices settled `first`
+            raise
+        tasks = [asyncio.create_task(pump(i, p)) for i, p in enumerate(preps)]
+        running = len(tasks)
+        while running:
+            item = await queue.get()
+            if item is None:
+                running -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
         opts = job.body.stream_options
         if opts is not None and opts.include_usage:
-            yield job.chunk([], usage(len(job.ids), completion, cached))
+            yield job.chunk([], usage(len(job.ids), counts["completion"], first.cached_tokens))
     except APIError as err:
         yield f"data: {json.dumps(err.body())}\n\n"
     except AgentRTError as err:
@@ -311,6 +367,9 @@ async def stream_chat(job: Job, request: Request, first: Prepared) -> AsyncItera
     except Exception as err:  # noqa: BLE001 - the status line is sent: report in the stream
         yield f"data: {json.dumps(internal(err).body())}\n\n"
     finally:
-        if not handed:  # cancelled before the first choice started
-            svc.executor.submit(svc.finish, first, keep=False)
+        for t in tasks:
+            t.cancel()
+        for i, prep in enumerate(preps or [first]):
+            if i not in handed:  # cancelled before its choice started
+                svc.executor.submit(svc.finish, prep, keep=False)
     yield "data: [DONE]\n\n"

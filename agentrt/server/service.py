@@ -175,6 +175,27 @@ class Service:
             raise
         return Prepared(child, len(ids), cached, blocks)
 
+    def fork_prepared(self, prep: Prepared, count: int, max_tokens: int) -> list[Prepared]:
+        """`count` copy-on-write forks of a prepared session: more choices from one prefill.
+
+        Each fork is admitted for its own new tokens only; the prompt blocks stay shared.
+        """
+        out: list[Prepared] = []
+        try:
+            for _ in range(count):
+                blocks = self.admit(max_tokens)
+                try:
+                    child = self.engine.fork(prep.session)
+                except BaseException:
+                    self.release(blocks)
+                    raise
+                out.append(Prepared(child, prep.prompt_tokens, prep.prompt_tokens, blocks))
+        except BaseException:
+            for p in out:
+                self.finish(p, keep=False)
+            raise
+        return out
+
     def check_length(self, prompt: int, max_tokens: int) -> None:
         """400 when the prompt alone fills the model's positions."""
         limit = self.engine.model.arch.max_positions
