@@ -17,8 +17,9 @@ Engine; this proxy, on the user's host and port, forwards every request to one o
 - `/v1/models` goes to any replica.
 
 Streams pass through chunk by chunk. API key, body limits and error bodies stay the
-replicas' job; the proxy answers 503 (retryable, with Retry-After) when no replica can be
-reached. See docs/SERVER.md and docs/SCALE_OUT.md.
+replicas' job. A request whose replica died before answering goes to the next replica;
+the proxy answers 503 (retryable, with Retry-After) when a replica fails a request while Ray
+still reports it alive, and when no replica is left. See docs/SERVER.md and docs/SCALE_OUT.md.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from agentrt.server.errors import RETRY_AFTER_S, APIError
 log = logging.getLogger(__name__)
 
 SPILL = 4  # in-flight requests by which the affine replica may exceed the least loaded one
-_HOP = {"content-length", "transfer-encoding", "connection", "keep-alive", "host"}
+_HOP = {"content-length", "transfer-encoding", "connection", "keep-alive", "host", "date", "server"}
 
 
 @dataclass

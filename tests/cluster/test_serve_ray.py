@@ -116,6 +116,15 @@ def test_response_chain_sticks_then_continues_after_its_replica_is_killed(server
         where.append(replica)
         prev = r.id
     assert where[0] in ("app-0", "app-1") and where == [where[0]] * 3
+    import httpx
+
+    session = got[0].model_extra["session"]
+    one = httpx.get(f"{proxy.url}/v1/sessions/{session}", headers={"Authorization": "Bearer k"})
+    assert one.status_code == 200 and one.headers["x-agentrt-replica"] == where[0]
+    listed = httpx.get(f"{proxy.url}/v1/sessions", headers={"Authorization": "Bearer k"}).json()
+    assert {"id": session, "replica": where[0]}.items() <= next(
+        row for row in listed["data"] if row["id"] == session
+    ).items()
     ray_cluster.kill(ray_cluster.get_actor(where[0]), no_restart=True)
     r, replica = _turn(proxy.client(), ASKS[3], prev)
     got.append(r)
@@ -149,3 +158,18 @@ def test_response_store_is_shared_by_servers_on_one_home(tmp_path):
     assert b.get("responses", "r1")["position"] == 3
     b.put("responses", "r2", {"session": "s", "position": 5, "messages": []})
     assert set(a.data["responses"]) == {"r1", "r2"}
+
+
+def test_chat_affinity_follows_the_first_messages_and_spills_on_load():
+    from agentrt.cluster.serve_proxy import SPILL, Backend, Pool
+
+    pool = Pool([Backend(f"r{i}", f"http://x{i}") for i in range(3)])
+    keys = [f"conversation {i}".encode() for i in range(12)]
+    first = {k: pool.affine(k)[0].name for k in keys}
+    assert len(set(first.values())) > 1  # conversations spread over the replicas
+    assert all(pool.affine(k)[0].name == first[k] for k in keys)  # and each one sticks
+    k = keys[0]
+    pool.backends[first[k]].inflight = SPILL
+    assert pool.affine(k)[0].name != first[k]  # too busy: the least loaded one takes it
+    pool.backends[first[k]].inflight = SPILL - 1
+    assert pool.affine(k)[0].name == first[k]
