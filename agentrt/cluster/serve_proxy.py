@@ -244,6 +244,8 @@ def create_proxy(
         data: list[dict[str, Any]] = []
         for backend in pool.live():
             resp = await forward(request, [backend], b"")
+            if resp.status_code == 503 and not backend.alive:
+                continue  # died meanwhile: its sessions are no longer open anywhere
             if resp.status_code != 200:
                 return resp
             for row in json.loads(bytes(resp.body))["data"]:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from agentrt.server.service import ResponseStore
-from tests.cluster.conftest import catalog_url
+from tests.cluster.conftest import catalog_url, unique
 from tests.server.helpers import MODEL
 
 ASKS = ["What is the access code?", "Read the file.", "And then?", "Say it again."]
@@ -100,6 +100,19 @@ def _turn(client: Any, text: str, prev: str | None) -> tuple[Any, str | None]:
         model=MODEL, input=text, previous_response_id=prev, max_output_tokens=6, temperature=0
     )
     return raw.parse(), raw.headers.get("x-agentrt-replica")
+
+
+def test_a_conversation_stays_on_the_replica_that_holds_it(servers):
+    proxy, _ = servers
+    conv = unique("conv")
+    where, cached = [], []
+    for text in ASKS[:2]:
+        raw = proxy.client().responses.with_raw_response.create(
+            model=MODEL, input=text, conversation=conv, max_output_tokens=4, temperature=0
+        )
+        where.append(raw.headers["x-agentrt-replica"])
+        cached.append(raw.parse().usage.input_tokens_details.cached_tokens)
+    assert where[0] == where[1] and cached[0] == 0 < cached[1]
 
 
 def test_response_chain_sticks_then_continues_after_its_replica_is_killed(servers, ray_cluster):
