@@ -100,6 +100,7 @@ def _proxy_on_ray(kw: dict[str, Any]) -> Any:
     """The affinity proxy in front of `--replicas` engine replicas on Ray (docs/SERVER.md)."""
     from agentrt.cluster import ClusterConfig, ReplicaConfig
     from agentrt.cluster.serve_proxy import proxy_on_ray
+    from agentrt.errors import ConfigError
     from agentrt.settings import load_settings
 
     settings = load_settings(home=kw["home"], db=kw["db"], model=kw["model"], device=kw["device"])
@@ -108,6 +109,16 @@ def _proxy_on_ray(kw: dict[str, Any]) -> Any:
         import torch
 
         gpus = 1.0 if torch.cuda.is_available() else 0.0  # one GPU per replica when there are any
+    if gpus and kw["ray_address"] == "local":
+        import torch
+
+        if torch.cuda.device_count() < kw["replicas"]:
+            raise ConfigError(
+                f"--replicas {kw['replicas']} needs one GPU each, but this machine has "
+                f"{torch.cuda.device_count()}",
+                hint="lower --replicas, serve on CPU (--device cpu), or join a larger cluster "
+                "with --ray auto",
+            )
     config = ClusterConfig(
         ReplicaConfig(
             model=settings.model,
