@@ -6,7 +6,13 @@ from typing import Any
 
 import click
 
-from agentrt.cli.options import db_option, device_option, home_option, kv_budget_option
+from agentrt.cli.options import (
+    db_option,
+    device_option,
+    home_option,
+    kv_budget_option,
+    ray_options,
+)
 
 
 @click.command("serve")
@@ -55,10 +61,19 @@ from agentrt.cli.options import db_option, device_option, home_option, kv_budget
 @device_option
 @home_option
 @db_option
+@ray_options
 def serve(**kw: Any) -> None:
     """Serve an OpenAI-compatible HTTP API whose conversations are persistent KV sessions."""
     import uvicorn
 
+    if kw["ray_address"] is not None:
+        app = _proxy_on_ray(kw)
+        click.echo(
+            f"agentrt: serving {kw['replicas']} replicas on http://{kw['host']}:{kw['port']}/v1",
+            err=True,
+        )
+        uvicorn.run(app, host=kw["host"], port=kw["port"], log_level="warning")
+        return
     from agentrt.engine import Engine
     from agentrt.server import create_app
 
@@ -79,3 +94,48 @@ def serve(**kw: Any) -> None:
     )
     click.echo(f"agentrt: serving on http://{kw['host']}:{kw['port']}/v1", err=True)
     uvicorn.run(app, host=kw["host"], port=kw["port"], log_level="warning")
+
+
+def _proxy_on_ray(kw: dict[str, Any]) -> Any:
+    """The affinity proxy in front of `--replicas` engine replicas on Ray (docs/SERVER.md)."""
+    from agentrt.cluster import ClusterConfig, ReplicaConfig
+    from agentrt.cluster.serve_proxy import proxy_on_ray
+    from agentrt.errors import ConfigError
+    from agentrt.settings import load_settings
+
+    settings = load_settings(home=kw["home"], db=kw["db"], model=kw["model"], device=kw["device"])
+    gpus = 0.0 if settings.device == "cpu" else 1.0
+    if settings.device == "auto":
+        import torch
+
+        gpus = 1.0 if torch.cuda.is_available() else 0.0  # one GPU per replica when there are any
+    if gpus and kw["ray_address"] == "local":
+        import torch
+
+        if torch.cuda.device_count() < kw["replicas"]:
+            raise ConfigError(
+                f"--replicas {kw['replicas']} needs one GPU each, but this machine has "
+                f"{torch.cuda.device_count()}",
+                hint="lower --replicas, serve on CPU (--device cpu), or join a larger cluster "
+                "with --ray auto",
+            )
+    config = ClusterConfig(
+        ReplicaConfig(
+            model=settings.model,
+            db=settings.db_url,
+            home=str(settings.home),
+            device="cuda" if gpus else "cpu",
+            kv_budget=kw["kv_budget"],
+        ),
+        replicas=kw["replicas"],
+        address=kw["ray_address"],
+        gpus_per_replica=gpus,
+    )
+    options = {
+        "model_name": kw["model"] or "smollm2-135m-instruct",
+        "api_key": kw["api_key"],
+        "max_tokens_cap": kw["max_tokens_cap"],
+        "request_timeout": kw["request_timeout"],
+        "queue_timeout": kw["queue_timeout"],
+    }
+    return proxy_on_ray(config, options, timeout=kw["request_timeout"] + 30)

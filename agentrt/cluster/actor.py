@@ -57,6 +57,22 @@ def start_replica(name: str, config: ClusterConfig, replica: ReplicaConfig) -> A
     ).remote(name, replica)
 
 
+def start_app_replica(
+    name: str, config: ClusterConfig, options: dict[str, Any], host: str | None = None
+) -> Any:
+    """Start one named `AppReplica` actor (model and HTTP app load in its own process)."""
+    from agentrt.cluster.app_replica import AppReplica
+
+    cls = ray.remote(AppReplica)
+    return cls.options(
+        name=name,
+        num_cpus=config.cpus_per_replica,
+        num_gpus=config.gpus_per_replica,
+        max_concurrency=4,  # url/ping/stop; requests arrive over HTTP, not as actor calls
+        max_restarts=0,
+    ).remote(name, config.replica, options, host)
+
+
 def call(handle: Any, method: str, *args: Any) -> Any:
     """Run one actor method and wait for it; AgentRTErrors come back as themselves.
 

@@ -144,8 +144,11 @@ async def responses(request: Request) -> dict[str, Any]:
 
     def on_close() -> None:
         if owned is not None:
-            svc.unclaim(owned)
-            svc.release(prep.blocks)
+            try:
+                svc.autosave(prep.session)
+            finally:
+                svc.unclaim(owned)
+                svc.release(prep.blocks)
         else:
             svc.finish(prep, keep=False)
 

@@ -45,28 +45,67 @@ class Prepared:
 
 
 class ResponseStore:
-    """Stored response points (id -> session name, position, messages) in one JSON file."""
+    """Stored response points (id -> session name, position, messages) in one JSON file.
+
+    Every server on the same agentrt home shares the file (the replicas of `serve --ray`):
+    a write holds an `fcntl` lock on `<file>.lock` and merges into the newest file, and a
+    read re-reads the file when another process replaced it.
+    """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self.data: dict[str, dict[str, Any]] = {"responses": {}, "conversations": {}}
-        if path.exists():
-            self.data = json.loads(path.read_text())
+        self._data: dict[str, dict[str, Any]] = {"responses": {}, "conversations": {}}
+        self._stamp: tuple[int, int, int] | None = None
+        with self._lock:
+            self._refresh()
+
+    @property
+    def data(self) -> dict[str, dict[str, Any]]:
+        """Every record, as the file holds them now."""
+        with self._lock:
+            self._refresh()
+            return self._data
 
     def get(self, table: str, key: str) -> dict[str, Any] | None:
         """One record, or None."""
         with self._lock:
-            return self.data[table].get(key)
+            self._refresh()
+            return self._data[table].get(key)
 
     def put(self, table: str, key: str, record: dict[str, Any]) -> None:
-        """Write one record and the file (atomically: temp file, then rename)."""
+        """Write one record and the file (under the file lock; temp file, then rename)."""
+        import fcntl
+
         with self._lock:
-            self.data[table][key] = record
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.data))
-            os.replace(tmp, self.path)
+            fd = os.open(self.path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._refresh()
+                self._data[table][key] = record
+                tmp = self.path.with_suffix(f".{os.getpid()}.tmp")
+                tmp.write_text(json.dumps(self._data))
+                os.replace(tmp, self.path)
+                self._stamp = _stamp(self.path)
+            finally:
+                os.close(fd)  # releases the flock
+
+    def _refresh(self) -> None:
+        """Re-read the file when it changed since this process last read or wrote it."""
+        stamp = _stamp(self.path)
+        if stamp is not None and stamp != self._stamp:
+            self._data = json.loads(self.path.read_text())
+            self._stamp = stamp
+
+
+def _stamp(path: Path) -> tuple[int, int, int] | None:
+    """(inode, size, mtime) of a file, or None when it does not exist."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
 
 
 class Service:
@@ -83,12 +122,14 @@ class Service:
         request_timeout: float = 600.0,
         queue_timeout: float = 30.0,
         max_cached_sessions: int = 32,
+        save_every_turn: bool = False,
     ) -> None:
         self.engine = engine
         self.model_name = model_name
         self.max_tokens_cap = max_tokens_cap
         self.default_max_tokens = default_max_tokens
         self.request_timeout = request_timeout
+        self.save_every_turn = save_every_turn  # checkpoint owned sessions after each response
         self.queue_timeout = queue_timeout
         self.index = PrefixIndex(max_cached_sessions)
         self.store = ResponseStore(state_dir / "responses.json")
@@ -290,6 +331,13 @@ class Service:
         point = ids[:position]
         delta = fmt.delta(point, messages, new)
         return self.prepare(point + delta.ids, max_tokens), messages + new, False
+
+    def autosave(self, session: Session) -> None:
+        """With `save_every_turn`, checkpoint an owned session after a response (so another
+        server on the same catalog and home can continue it)."""
+        if self.save_every_turn and not session.closed and session.dirty:
+            if session.error is None and session.active is None:
+                self.engine.save(session)
 
     def new_owned(self, name: str | None) -> Session:
         """A new owned session (saved at shutdown)."""
