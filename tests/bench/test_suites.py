@@ -110,3 +110,22 @@ def test_multiturn_recomputes_no_history_in_a_session(model_dir, tmp_path) -> No
     # of turns 0..2 is forwarded there for the first time, so 3 of them are not recomputed
     assert v["re-send history"]["tokens_recomputed"] == 8 * 6 - 3
     assert v["agentrt session"]["kv_bytes"] < v["agentrt session"]["dense_bytes"]
+
+
+def test_run_all_smoke_preset_writes_every_suite(model_dir, tmp_path) -> None:
+    from agentrt.bench.run_all import PRESETS, main
+
+    out = tmp_path / "all"
+    assert main(["--preset", "smoke", "--out", str(out), "--model", str(model_dir)]) == 0
+    suites = [s[0] for s in PRESETS["smoke"]]
+    assert {s[0] for s in PRESETS["gpu"]} == set(suites) == {s[0] for s in PRESETS["cpu"]}
+    for suite in suites:
+        assert json.loads((out / f"{suite}.json").read_text())["suite"] == suite
+        assert (out / f"{suite}.png").is_file() and (out / f"{suite}.md").is_file()
+
+
+def test_run_all_returns_the_error_code_of_a_failing_suite(tmp_path) -> None:
+    from agentrt.bench.run_all import main
+
+    code = main(["--preset", "smoke", "--out", str(tmp_path), "--model", str(tmp_path / "none")])
+    assert code != 0
