@@ -23,6 +23,9 @@ class EngineDecoder:
         self.sessions = [self.engine.new_session() for _ in range(sessions)]
         for i, s in enumerate(self.sessions):
             s.prefill(text_ids(model, context, offset=997 * i))
+        # Take each session's first token from its prefill logits, so every round after this
+        # one starts by forwarding a pending token: k tokens per session cost k forward passes.
+        self._generate(1)
         self.device = model.device
         self.last_steps = 0
 
@@ -31,18 +34,18 @@ class EngineDecoder:
         tel = self.engine.telemetry
         before, steps = tel.decode_tokens, tel.steps
 
-        def run() -> None:
-            # k + 1 tokens per session: the first comes from logits already computed.
-            streams = [s.generate(k + 1, ignore_eos=True) for s in self.sessions]
-            live = list(streams)
-            while live:
-                for st in list(live):
-                    if next(st, None) is None:
-                        live.remove(st)
-
-        seconds, _ = timed(self.device, run)
+        seconds, _ = timed(self.device, lambda: self._generate(k))
         self.last_steps = tel.steps - steps
         return Sample(seconds, tel.decode_tokens - before)
+
+    def _generate(self, k: int) -> None:
+        """k tokens for every session, all requests joined to the same engine steps."""
+        streams = [s.generate(k, ignore_eos=True) for s in self.sessions]
+        live = list(streams)
+        while live:
+            for st in list(live):
+                if next(st, None) is None:
+                    live.remove(st)
 
     def stats(self) -> dict[str, Any]:
         """Compression of the first session."""
