@@ -16,8 +16,10 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 
 def fmt_spread(stat: dict[str, float], digits: int = 1, scale: float = 1.0) -> str:
-    """'median (min–max)' of a `method.spread` dict, values times `scale`."""
+    """'median (min–max)' of a `method.spread` dict, values times `scale` (more digits below 1)."""
     med, lo, hi = (stat[k] * scale for k in ("median", "min", "max"))
+    if 0 < abs(med) < 1:
+        digits = max(digits, 3)
     return f"{med:.{digits}f} ({lo:.{digits}f}–{hi:.{digits}f})"
 
 
