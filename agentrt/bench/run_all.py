@@ -1,7 +1,7 @@
 """Every `agentrt bench` suite in one go, at a preset size, into one folder.
 
     python -m agentrt.bench.run_all --preset gpu --out bench-gpu            # reduced GPU sizes
-    python -m agentrt.bench.run_all --preset cpu --adapters DIR --out out    # the CPU sizes
+    python -m agentrt.bench.run_all --preset cpu --adapters DIR --out out    # modest CPU sizes
     python -m agentrt.bench.run_all --preset smoke --model DIR --device cpu  # tiny, seconds
 
 Extra arguments (--model, --adapters, --device) go to every suite. Prints the seconds each
@@ -23,7 +23,7 @@ PRESETS: dict[str, list[list[str]]] = {
         ["resume", "--lengths", "1024,4096,8192", "--repeats", "3"],
         ["multiturn", "--turns", "50", "--user-tokens", "48", "--answer-tokens", "16"],
     ],
-    # the sizes docs/BENCHMARKS.md reports for a shared 2-core CPU
+    # modest sizes for a 2-core CPU (a quiet one: each suite takes minutes to an hour)
     "cpu": [
         ["resume", "--lengths", "1024,4096", "--repeats", "2"],
         ["decode", "--sessions", "1,4", "--context", "512", "--steps", "8", "--repeats", "3"],
