@@ -50,7 +50,6 @@ def unpack_state(state: dict[str, torch.Tensor], pool: KVPool, *, window: int) -
     and BudgetError when the pool lacks free blocks; in both cases the pool is unchanged.
     """
     from agentrt.dms.session_cache import SessionCache
-    from agentrt.kernels import write_kv_slots
 
     layers, heads, head_dim, lens = validate_state(state)
     spec = pool.spec
@@ -79,23 +78,11 @@ def unpack_state(state: dict[str, torch.Tensor], pool: KVPool, *, window: int) -
             hint="raise kv_budget, or close or swap out idle sessions",
         )
     cache = SessionCache(pool, layers, heads, window)
-    device = pool.kv.device
-    bs = pool.block_size
     try:
         for layer in range(layers):
             for h in range(heads):
                 cache.blocks[layer][h] = pool.allocate(spec.blocks_for_slots(lens[layer][h]))
-            flat = stream_slots(cache.blocks[layer], lens[layer], bs).to(device)
-            if flat.numel():
-                write_kv_slots(
-                    pool.kv,
-                    pool.slot_expiry,
-                    flat,
-                    state[f"layer.{layer}.k"].to(device),
-                    state[f"layer.{layer}.v"].to(device),
-                    state[f"layer.{layer}.expiry"].to(device, torch.int32),
-                )
-                pool.pos_flat[flat] = state[f"layer.{layer}.pos"].to(device, torch.int32)
+            copy_layer_in(pool, cache.blocks[layer], lens[layer], state, layer)
             cache.lens[layer] = list(lens[layer])
     except BaseException:
         cache.free()
@@ -104,6 +91,62 @@ def unpack_state(state: dict[str, torch.Tensor], pool: KVPool, *, window: int) -
     cache.ring_flag = state["ring_flag"].to("cpu", torch.bool).clone()
     cache.next_pos = int(state["next_pos"][0])
     return cache
+
+
+def copy_layer_in(
+    pool: KVPool,
+    blocks: list[list[int]],
+    lens: list[int],
+    state: dict[str, torch.Tensor],
+    layer: int,
+) -> None:
+    """Copy layer `layer`'s packed rows into its freshly allocated blocks, whole blocks at once.
+
+    `blocks[h]` holds exactly blocks_for_slots(lens[h]) blocks of stream h. The rows are laid
+    out block-major in a padded staging buffer ([n_blocks * block_size] rows; the tail of each
+    stream's last block gets zero K/V and UNUSED pos/expiry, as `KVPool.allocate` leaves it),
+    then K, V, pos and expiry each go into the pool with one `index_copy_` over the layer's
+    blocks: the cost is that of moving the bytes, not one indexed write per slot.
+    """
+    from agentrt.dms.kv_pool import UNUSED
+
+    ids = [b for head in blocks for b in head]
+    if not ids:
+        return
+    bs, device = pool.block_size, pool.kv.device
+    n_rows = len(ids) * bs
+    k = state[f"layer.{layer}.k"].to(device, pool.kv.dtype)  # [sum lens, D]
+    v = state[f"layer.{layer}.v"].to(device, pool.kv.dtype)
+    pos = state[f"layer.{layer}.pos"].to(device, torch.int32)  # [sum lens]
+    expiry = state[f"layer.{layer}.expiry"].to(device, torch.int32)
+    if k.shape[0] != n_rows:  # some stream ends inside a block: stage block-aligned rows
+        dest = staging_rows(blocks, lens, bs).to(device)
+        k, v = _scatter_rows(k, dest, n_rows, 0), _scatter_rows(v, dest, n_rows, 0)
+        pos = _scatter_rows(pos, dest, n_rows, UNUSED)
+        expiry = _scatter_rows(expiry, dest, n_rows, UNUSED)
+    index = torch.tensor(ids, dtype=torch.int64, device=device)
+    shape = (len(ids), bs)
+    pool.kv.select(1, 0).index_copy_(0, index, k.view(*shape, -1))
+    pool.kv.select(1, 1).index_copy_(0, index, v.view(*shape, -1))
+    pool.slot_pos.index_copy_(0, index, pos.view(shape))
+    pool.slot_expiry.index_copy_(0, index, expiry.view(shape))
+
+
+def staging_rows(blocks: list[list[int]], lens: list[int], bs: int) -> torch.Tensor:
+    """[sum lens] int64: where packed row i lands in the block-aligned staging buffer."""
+    counts = torch.tensor(lens, dtype=torch.int64)
+    aligned = torch.tensor([len(b) * bs for b in blocks], dtype=torch.int64)
+    shift = (torch.cumsum(aligned, 0) - aligned) - (torch.cumsum(counts, 0) - counts)
+    return torch.arange(int(counts.sum()), dtype=torch.int64) + torch.repeat_interleave(
+        shift, counts
+    )
+
+
+def _scatter_rows(rows: torch.Tensor, dest: torch.Tensor, n: int, fill: float) -> torch.Tensor:
+    """`rows` [N, ...] placed at `dest` [N] of a new [n, ...] tensor filled with `fill`."""
+    out = torch.full((n, *rows.shape[1:]), fill, dtype=rows.dtype, device=rows.device)
+    out[dest] = rows
+    return out
 
 
 def stream_slots(blocks: list[list[int]], lens: list[int], bs: int) -> torch.Tensor:
@@ -139,10 +182,12 @@ def validate_state(state: dict[str, torch.Tensor]) -> tuple[int, int, int, list[
         want = [(total, head_dim), (total, head_dim), (total,), (total,)]
         if len(row) != heads or min(row, default=0) < 0 or shapes != want:
             raise CheckpointError(f"cache state of layer {layer} is inconsistent: lens {row}")
-        top = state["ring_slot"][layer].max(dim=-1).values.tolist()
-        if any(t >= n for t, n in zip(top, row, strict=True)):
-            raise CheckpointError(f"window ring of layer {layer} points past the live slots")
         lens.append(row)
+    top = state["ring_slot"].amax(dim=-1)  # [L, H_kv]
+    past = (top >= torch.tensor(lens, dtype=top.dtype)).any(dim=-1).nonzero().flatten()
+    if past.numel():
+        layer = int(past[0])
+        raise CheckpointError(f"window ring of layer {layer} points past the live slots")
     return layers, heads, head_dim, lens
 
 

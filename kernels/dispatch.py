@@ -45,3 +45,14 @@ def backend_for(tensor: torch.Tensor, head_dim: int | None = None) -> Backend:
     if fits and tensor.is_cuda and importlib.util.find_spec("triton") is not None:
         return "triton"
     return "reference"
+
+
+def torch_prefill_path() -> Literal["sdpa", "reference"]:
+    """Which torch path serves DMS prefill attention off CUDA.
+
+    `AGENTRT_KERNELS=reference` keeps the loop-level reference (the test oracle); otherwise
+    the fused-SDPA path (`agentrt.kernels._dms_prefill_sdpa`), same semantics, no float
+    score matrices.
+    """
+    mode = os.environ.get("AGENTRT_KERNELS", "auto").strip().lower() or "auto"
+    return "reference" if mode == "reference" else "sdpa"

@@ -27,7 +27,17 @@ def _parse_ints(text: str, *, minimum: int | None = None) -> tuple[int, ...]:
 
 @click.group()
 def bench() -> None:
-    """Benchmarks: kernels (GPU) and engine throughput."""
+    """Benchmarks: memory, prefill, decode, resume, multiturn, throughput, kernels (GPU)."""
+
+
+def _add_suites() -> None:
+    from agentrt.cli.bench_suites import SUITES
+
+    for command in SUITES:
+        bench.add_command(command)
+
+
+_add_suites()
 
 
 @bench.command()
@@ -47,6 +57,8 @@ def bench() -> None:
     help="KV pool size.",
 )
 @click.option("--no-hf", is_flag=True, help="Skip the HF generate baseline.")
+@click.option("--repeats", default=5, show_default=True, type=click.IntRange(min=1))
+@click.option("--warmup", default=1, show_default=True, type=click.IntRange(min=0))
 @click.option(
     "--out", type=click.Path(path_type=Path), default=Path("bench-out"), show_default=True
 )
@@ -58,6 +70,8 @@ def throughput(
     new_tokens: int,
     kv_budget: str,
     no_hf: bool,
+    repeats: int,
+    warmup: int,
     out: Path,
     dms_mode: str,
     **_: object,
@@ -86,6 +100,8 @@ def throughput(
         new_tokens=new_tokens,
         kv_budget=kv_budget,
         hf_baseline=not no_hf,
+        repeats=repeats,
+        warmup=warmup,
     )
     result["command"] = " ".join(["agentrt", *sys.argv[1:]])
     out.mkdir(parents=True, exist_ok=True)

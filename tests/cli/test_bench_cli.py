@@ -19,7 +19,7 @@ def model_dir(tmp_path_factory):
 
 
 def test_throughput_writes_json_png_and_batches_sessions(model_dir, tmp_path):
-    """All sessions advance in the same steps: new_tokens − 1 steps whatever the concurrency."""
+    """All sessions advance in the same steps, and both sides are credited per forward pass."""
     out = tmp_path / "out"
     result = CliRunner().invoke(
         cli,
@@ -36,6 +36,8 @@ def test_throughput_writes_json_png_and_batches_sessions(model_dir, tmp_path):
             "8",
             "--new-tokens",
             "4",
+            "--repeats",
+            "2",
             "--out",
             str(out),
         ],
@@ -44,9 +46,13 @@ def test_throughput_writes_json_png_and_batches_sessions(model_dir, tmp_path):
     data = json.loads((out / "throughput.json").read_text())
     assert [r["concurrency"] for r in data["rows"]] == [1, 3]
     for row in data["rows"]:
-        assert row["engine"]["tokens"] == 4 * row["concurrency"]
-        assert row["engine"]["steps"] == 3  # the first token comes from the prefill logits
+        # 4 forward passes per round on both sides, one token per session each
+        assert row["engine"]["tokens"] == row["hf_generate"]["tokens"] == 4 * row["concurrency"]
+        assert row["engine"]["steps"] == 4  # one engine step carries every session
         assert row["engine"]["tokens_per_s"] > 0 and row["hf_generate"]["tokens_per_s"] > 0
+        for side in ("engine", "hf_generate"):
+            assert [t for _, t in row[side]["samples"]] == [4 * row["concurrency"]] * 2
+        assert row["speedup_spread"]["n"] == 2
     assert (out / "throughput.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "engine tok/s" in result.output
 

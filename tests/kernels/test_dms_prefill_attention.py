@@ -126,3 +126,27 @@ def test_float64_is_reference_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(TypeError, match="torch.float64 runs only on the reference backend"):
         dms_prefill_attention(*batch.args(), 0.125)
+
+
+@pytest.mark.parametrize("dtype", [*DTYPES, pytest.param(torch.float64, id="fp64")])
+@pytest.mark.parametrize("case", CASES)
+def test_cpu_sdpa_path_matches_reference(
+    case: dict, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Off CUDA in auto mode the public op runs the fused-SDPA path; it agrees with the oracle."""
+    monkeypatch.delenv("AGENTRT_KERNELS", raising=False)
+    batch = _batch(case, dtype)
+    out = dms_prefill_attention(*batch.args(), 0.125)
+    assert out.dtype == dtype and out.shape == batch.q.shape
+    tol = (1e-12, 1e-12) if dtype == torch.float64 else TOLERANCES[dtype]
+    assert_close("sdpa", reference(*batch.args(), 0.125), out, *tol)
+    assert_close("sdpa vs dense", dense_prefill(batch, 0.125), out, *tol)
+
+
+def test_cpu_sdpa_path_gives_zeros_where_nothing_is_visible(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("AGENTRT_KERNELS", raising=False)
+    batch = _all_expired(torch.float32)
+    out = dms_prefill_attention(*batch.args(), 0.125)
+    assert_close("sdpa", torch.zeros_like(batch.q), out, 0.0, 0.0)

@@ -299,7 +299,7 @@ def test_pool_too_small_raises_budget_error_and_leaks_nothing(model, saved, monk
         if len(calls) == 2:
             raise RuntimeError("device lost")
 
-    monkeypatch.setattr("agentrt.kernels.write_kv_slots", failing_write)
+    monkeypatch.setattr("agentrt.dms.cache_state.copy_layer_in", failing_write)
     with pytest.raises(RuntimeError, match="device lost"):
         SessionCache.from_state(state, pool, window=3)
     assert pool.num_free == 300 and len(calls) == 2

@@ -1,0 +1,75 @@
+"""DMS prefill attention on CPU through torch's fused SDPA: no [queries × keys] float scores.
+
+Same signature and semantics as `agentrt.kernels.reference.dms_prefill_attention` (the
+oracle). Per sequence and KV head, the visibility rule becomes one boolean mask block
+(queries × (cached ∪ chunk) keys); the fused kernel computes the softmax blockwise, so the
+masked_fill / softmax / nan_to_num passes over materialised scores are gone.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from agentrt.kernels.reference.paged_decode_attention import gather_stream, gather_stream_expiry
+
+QUERY_CHUNK = 2048  # queries per mask block: bounds the boolean mask to chunk x keys bytes
+
+
+def dms_prefill_attention_sdpa(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_expiry: torch.Tensor,
+    positions: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    kv_pool: torch.Tensor,
+    slot_expiry: torch.Tensor,
+    block_tables: torch.Tensor,
+    cache_lens: torch.Tensor,
+    scale: float,
+) -> torch.Tensor:
+    """Queries of packed chunks over (cached slots ∪ chunk keys) with the DMS rule -> [T, H_q, D].
+
+    Shapes as the reference: q [T, H_q, D]; k, v [T, H_kv, D]; k_expiry [T, H_kv] int32;
+    positions [T] int32; cu_seqlens [S+1] int32; kv_pool [num_blocks, 2, block_size, D];
+    slot_expiry [num_blocks, block_size] int32; block_tables [S, H_kv, max_blocks] int32;
+    cache_lens [S, H_kv] int32. A query that sees nothing gets zeros.
+    """
+    num_q_heads, num_kv_heads = q.shape[1], k.shape[1]
+    g = num_q_heads // num_kv_heads
+    ct = torch.promote_types(q.dtype, torch.float32)
+    out = torch.zeros_like(q)
+    bounds = cu_seqlens.tolist()
+    lens = cache_lens.tolist()
+    for b in range(len(bounds) - 1):
+        start, end = int(bounds[b]), int(bounds[b + 1])
+        if end == start:
+            continue
+        pos_new = positions[start:end].long()  # [n]
+        for h in range(num_kv_heads):
+            n_cached = int(lens[b][h])
+            k_c, v_c = gather_stream(kv_pool, block_tables[b, h], n_cached)
+            exp_c = gather_stream_expiry(slot_expiry, block_tables[b, h], n_cached).long()
+            keys = torch.cat([k_c.to(ct), k[start:end, h].to(ct)])  # [N, D]
+            vals = torch.cat([v_c.to(ct), v[start:end, h].to(ct)])
+            exp_new = k_expiry[start:end, h].long()
+            heads = slice(h * g, (h + 1) * g)
+            for c0 in range(start, end, QUERY_CHUNK):
+                c1 = min(end, c0 + QUERY_CHUNK)
+                p = positions[c0:c1].long()[:, None]  # [m, 1]
+                visible = torch.cat(
+                    [p <= exp_c[None, :], (pos_new[None, :] <= p) & (p <= exp_new[None, :])],
+                    dim=1,
+                )  # [m, N]
+                qh = q[c0:c1, heads].to(ct).transpose(0, 1)[None]  # [1, g, m, D]
+                o = F.scaled_dot_product_attention(
+                    qh,
+                    keys[None, None].expand(1, g, -1, -1),
+                    vals[None, None].expand(1, g, -1, -1),
+                    attn_mask=visible[None, None],
+                    scale=scale,
+                )[0].transpose(0, 1)  # [m, g, D]
+                seen = visible.any(dim=1)[:, None, None]  # rows with nothing visible -> 0
+                out[c0:c1, heads] = torch.where(seen, o, 0.0).to(q.dtype)
+    return out
