@@ -11,8 +11,11 @@ suite took; each suite writes its own JSON, Markdown and PNG.
 from __future__ import annotations
 
 import argparse
+import subprocess
 import sys
 import time
+
+_CLI = "import sys; from agentrt.cli import main; sys.argv[0] = 'agentrt'; main()"
 
 PRESETS: dict[str, list[list[str]]] = {
     # the reduced GPU run: every suite, sized to finish in a few minutes on one H100
@@ -44,17 +47,17 @@ PRESETS: dict[str, list[list[str]]] = {
 
 def main(argv: list[str] | None = None) -> int:
     """Run the preset's suites in order; returns the exit code of the first that fails."""
-    from agentrt.cli import cli
-
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", choices=sorted(PRESETS), default="gpu")
     parser.add_argument("--out", default="bench-out")
     args, extra = parser.parse_known_args(argv)
     for suite in PRESETS[args.preset]:
         t0 = time.perf_counter()
-        # the CLI's error handler has printed the error; non-standalone click returns its code
-        code = cli.main(["bench", *suite, *extra, "--out", args.out], standalone_mode=False)
-        if isinstance(code, int) and code != 0:
+        # each suite is its own `agentrt bench` process (the library never imports the CLI);
+        # a failing suite has printed its error there
+        command = [sys.executable, "-c", _CLI, "bench", *suite, *extra, "--out", args.out]
+        code = subprocess.run(command, check=False).returncode
+        if code != 0:
             return code
         print(f"{suite[0]}: {time.perf_counter() - t0:.0f} s", file=sys.stderr)
     return 0

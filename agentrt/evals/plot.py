@@ -87,6 +87,6 @@ def _save(fig, path: str | Path) -> Path:
 
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=120)
+    fig.savefig(out, dpi=120, bbox_inches="tight")  # a wide legend stays in the picture
     plt.close(fig)
     return out
