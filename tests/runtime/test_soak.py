@@ -13,7 +13,9 @@ from agentrt.cli.main import cli
 
 def test_soak_for_30_seconds_loses_and_leaks_nothing(tmp_path: Path, agentrt_home: Path) -> None:
     out = tmp_path / "out"
-    args = ["bench", "soak", "--minutes", "0.5", "--sessions", "2", "--num-blocks", "200"]
+    # the default pool holds ~2.5 sessions at their longest: 3 sessions in play swap; sessions
+    # retire at 300 tokens, so a quiet machine (more turns in 30 s) never outgrows the pool
+    args = ["bench", "soak", "--minutes", "0.5", "--sessions", "3", "--max-session-tokens", "300"]
     args += ["--restarts", "1", "--close-prob", "0.3", "--min-turns", "10", "--out", str(out)]
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
