@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from agentrt.engine.memory import MemoryPlanner, budget_error
+from agentrt.engine.memory import MemoryPlanner, blocks_to_run, budget_error
 from agentrt.engine.persistence import AutosavePolicy, Persistence, autosave_due
 from agentrt.engine.registry import SessionRegistry
 from agentrt.engine.request import Request
@@ -280,7 +280,7 @@ class Engine:
         planner = MemoryPlanner(self.pool, self.sessions, self.swap)
         room = planner.reserve_session(session, 0)
         if room is None:
-            need = self.swap.blocks_to_restore(session)
+            need = blocks_to_run(self.pool, session, 0)
             raise budget_error(
                 self.pool, self.sessions, session, need, "to come back into the pool"
             )
@@ -557,11 +557,7 @@ class Engine:
         req = plan.deferred[0]
         session = req.session
         n = 1 if req.decode_phase else min(len(req.pending), self.scheduler.config.prefill_chunk)
-        need = (
-            session.cache.blocks_needed(n)
-            if session.cache is not None
-            else self.swap.blocks_to_restore(session)
-        )
+        need = blocks_to_run(self.pool, session, n)
         req.error = budget_error(
             self.pool,
             self.sessions,

@@ -39,15 +39,8 @@ class MemoryPlanner:
     def reserve_session(self, session: Session, n: int) -> Reservation | None:
         """Room for `session` to be resident and take `n` more tokens, or None."""
         self.protected.add(session.id)
-        spec = self.pool.spec
-        if session.cache is not None:
-            need, swap_in = session.cache.blocks_needed(n), ()
-        elif session.swapped is not None:
-            lens = session.swapped.lens
-            need = spec.blocks_for_streams(lens) + spec.blocks_to_grow(lens, n)
-            swap_in = (session,)
-        else:
-            raise SessionError(f"session {session.name!r} has no KV state (closed or lost)")
+        need = blocks_to_run(self.pool, session, n)
+        swap_in = (session,) if session.cache is None else ()
         out = self.victims_for(need)
         if out is None:
             return None
@@ -68,6 +61,17 @@ class MemoryPlanner:
             if free >= need:
                 return chosen
         return None
+
+
+def blocks_to_run(pool: KVPool, session: Session, n: int) -> int:
+    """Free blocks `session` needs to take `n` more tokens: growth only when resident, its
+    whole cache plus the growth when swapped out (the one count planning and errors share)."""
+    if session.cache is not None:
+        return session.cache.blocks_needed(n)
+    if session.swapped is not None:
+        lens = session.swapped.lens
+        return pool.spec.blocks_for_streams(lens) + pool.spec.blocks_to_grow(lens, n)
+    raise SessionError(f"session {session.name!r} has no KV state (closed or lost)")
 
 
 def pool_holders(pool: KVPool, registry: SessionRegistry, session: Session) -> str:

@@ -166,3 +166,23 @@ def test_open_session_does_not_confuse_an_unsaved_namesake(model, tmp_path):
     eng.new_session("x")
     with pytest.raises(SessionError, match="unsaved session named 'x'"):
         eng.open_session("x")
+
+
+def test_a_swapped_session_that_cannot_grow_is_told_its_whole_need(model):
+    """The error counts what planning counts (restore + growth), so it never claims a need
+    that the free blocks would cover."""
+    import re
+
+    eng = Engine(model, num_blocks=16, block_size=4)
+    a = eng.new_session("a")
+    a.prefill(_prompt(8, 1))
+    b = eng.new_session("b", pinned=True)
+    b.prefill(_prompt(9, 2))  # swaps a out and holds part of the pool
+    assert a.cache is None
+    with pytest.raises(BudgetError) as err:
+        a.prefill(_prompt(4, 3))  # its cache alone would fit the free blocks; with growth not
+    found = re.search(r"needs (\d+) KV blocks .* only (\d+) free", str(err.value))
+    assert found, str(err.value)
+    need, free = int(found.group(1)), int(found.group(2))
+    assert need > free, str(err.value)
+    assert a.cache is None and len(a.tokens) == 8
