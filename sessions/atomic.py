@@ -209,14 +209,6 @@ def safetensors_metadata(head: bytes, size: int) -> dict[str, str] | None:
     return meta if isinstance(meta, dict) else None
 
 
-def read_safetensors(path: Path) -> tuple[dict[str, str], dict[str, torch.Tensor]]:
-    """(header metadata, every tensor on CPU) of a safetensors file; raises on malformed files."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="pt", device="cpu") as f:
-        return dict(f.metadata() or {}), {name: f.get_tensor(name) for name in f.keys()}
-
-
 def stale_temp_files(folder: Path) -> Iterator[Path]:
     """Leftover `.tmp-*` files of interrupted writes in `folder` (for garbage collection)."""
     folder = Path(folder)
@@ -232,7 +224,6 @@ __all__ = [
     "ensure_private_dir",
     "file_sha256",
     "fsync_dir",
-    "read_safetensors",
     "safetensors_metadata",
     "sha256_of_fd",
     "stale_temp_files",

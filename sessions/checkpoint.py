@@ -26,11 +26,10 @@ from typing import TYPE_CHECKING
 from agentrt.errors import CheckpointError
 from agentrt.sessions.atomic import (
     TEMP_PREFIX,
-    read_safetensors,
-    sha256_of_fd,
     write_safetensors_atomic,
 )
 from agentrt.sessions.fingerprint import Fingerprint, tensors_sha256
+from agentrt.sessions.tensor_file import parse_safetensors, read_fd, sha256_hex
 
 if TYPE_CHECKING:
     import torch
@@ -363,16 +362,22 @@ def read_verified(
         before = os.fstat(fd)
         if expected_size is not None and before.st_size != expected_size:
             raise _corrupt(path, f"size {before.st_size} bytes, expected {expected_size}")
+        try:
+            buf = read_fd(fd, before.st_size)
+        except OSError as err:
+            raise CheckpointError(
+                f"checkpoint file {path} cannot be read: {err}", hint="retry"
+            ) from None
         if expected_sha256 is not None:
-            _, digest = sha256_of_fd(fd)
+            digest = sha256_hex(buf)
             if digest != expected_sha256.lower():
                 raise _corrupt(
                     path,
                     f"sha256 {digest[:16]}… does not match the recorded {expected_sha256[:16]}…",
                 )
         try:
-            header, tensors = read_safetensors(path)
-        except Exception as err:  # safetensors raises its own and builtin errors
+            header, tensors = parse_safetensors(buf)
+        except ValueError as err:
             raise _corrupt(path, f"not a readable safetensors file ({err})") from None
     finally:
         os.close(fd)

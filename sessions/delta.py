@@ -183,9 +183,10 @@ def apply_deltas(
 ) -> dict[str, torch.Tensor]:
     """The cache state after applying `deltas` in order on top of `base` (a full state).
 
-    Works per stream in buffers sized for the longest the stream gets in the chain, so a
-    chain costs two copies of the state (in and out) plus the bytes of its deltas, not a
-    copy per link. Raises CheckpointError naming the delta (1-based) that does not fit.
+    Each layer's output is one buffer with room per stream for the most slots the stream
+    holds in the chain; the base is copied into it once and every delta's rows are
+    scattered into place, so a chain costs one copy of the state plus its deltas' bytes
+    (streams only grow in practice; one that shrank costs a final gather). Raises CheckpointError naming the delta (1-based) that does not fit.
     """
     import torch
 
@@ -208,13 +209,18 @@ def apply_deltas(
         for n, row in enumerate(seq, start=1):
             if len(row) != heads or min(row, default=0) < 0:
                 raise CheckpointError(f"delta {n} of layer {layer} has slot counts {row}")
-        cap = max([max(lens, default=0)] + [max(r, default=0) for r in seq] + [1])
+        final = seq[-1] if seq else lens
+        # each stream gets room for the most slots it holds anywhere in the chain; streams
+        # only grow in practice, so the buffer is the output and the base is copied once
+        cap = [max([lens[h]] + [r[h] for r in seq]) for h in range(heads)]
+        cap_t = torch.tensor(cap, dtype=torch.int64)
+        start = torch.cumsum(cap_t, 0) - cap_t
         bufs = {}
         for name in ("k", "v", "pos", "expiry"):
             src = base[f"layer.{layer}.{name}"]
-            buf = src.new_empty((heads, cap, *src.shape[1:]))
+            buf = src.new_empty((sum(cap), *src.shape[1:]))
             for h, part in enumerate(src.split(lens)):  # contiguous copies, one per stream
-                buf[h, : lens[h]] = part
+                buf[int(start[h]) : int(start[h]) + lens[h]] = part
             bufs[name] = buf
         for n, (delta, new_lens) in enumerate(zip(deltas, seq, strict=True), start=1):
             rows = delta[f"layer.{layer}.rows"].to(torch.int64)
@@ -230,18 +236,25 @@ def apply_deltas(
             grown = sum(max(0, b - a) for a, b in zip(lens, new_lens, strict=True))
             if int((s_rows >= old[h_rows]).sum()) != grown:
                 raise CheckpointError(f"delta {n} of layer {layer} leaves new slots without K/V")
+            at = start[h_rows] + s_rows
             for name in ("k", "v", "pos", "expiry"):
                 value = delta[f"layer.{layer}.{name}"]
                 if value.shape[0] != rows.numel():
                     raise CheckpointError(f"delta {n} of layer {layer} has a bad {name!r}")
-                bufs[name][h_rows, s_rows] = value.to(bufs[name].dtype)
+                bufs[name][at] = value.to(bufs[name].dtype)
             h_flag, s_flag = _unpack(flag_rows, new_lens)
-            bufs["expiry"][h_flag, s_flag] = delta[f"layer.{layer}.flag_expiry"].to(torch.int32)
+            value = delta[f"layer.{layer}.flag_expiry"].to(torch.int32)
+            bufs["expiry"][start[h_flag] + s_flag] = value
             lens = new_lens
+        keep = None
+        if final != cap:  # a stream shrank somewhere: gather the live slots once
+            keep = torch.cat(
+                [torch.arange(int(start[h]), int(start[h]) + final[h]) for h in range(heads)]
+            )
         for name in ("k", "v", "pos", "expiry"):
             buf = bufs[name]
-            out[f"layer.{layer}.{name}"] = torch.cat([buf[h, : lens[h]] for h in range(heads)])
-        out[f"layer.{layer}.lens"] = torch.tensor(lens, dtype=torch.int32)
+            out[f"layer.{layer}.{name}"] = buf if keep is None else buf[keep]
+        out[f"layer.{layer}.lens"] = torch.tensor(final, dtype=torch.int32)
     last = deltas[-1] if deltas else base
     for name in _GLOBALS:
         out[name] = last[name].clone()
