@@ -42,6 +42,7 @@ if TYPE_CHECKING:
 ARCHIVE_FORMAT = "agentrt-session-archive"
 ARCHIVE_VERSION = 1
 MANIFEST = "manifest.json"
+FORK_LINK = "fork_link"  # a copied row whose parent is the forked session's checkpoint
 CHUNK = 1 << 20
 _SAFE_BLOB = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*\.safetensors$")
 
@@ -144,7 +145,9 @@ def create_copy(store: SessionStore, layout: SessionLayout, copy: SessionCopy) -
                     compression_ratio=float(c["compression_ratio"]),
                     fingerprint=str(c["fingerprint"]),
                     format_version=int(c["format_version"]),
-                    parent_id=ids.get(c.get("parent_id") or ""),
+                    # a fork's link names its parent's checkpoint in the other session
+                    parent_id=ids.get(c.get("parent_id") or "")
+                    or (c["parent_id"] if c.get(FORK_LINK) else None),
                     kind=str(c["kind"]),
                 ).id
                 if c.get("label"):
@@ -199,7 +202,10 @@ def fork_copy(
     *,
     model: Callable[[CheckpointInfo], str] | None = None,
 ) -> tuple[SessionCopy, CheckpointInfo]:
-    """A SessionCopy of session `name`'s newest checkpoint and the messages it covers.
+    """A SessionCopy of session `name` at its newest checkpoint, with the messages it covers.
+
+    The copy's one checkpoint is an empty delta on that checkpoint (a few KB): it shares the
+    original's chain, which the original's retention and deletion then keep for it.
 
     `model(ckpt)` (optional) verifies the checkpoint against a model and returns the model
     name the fork records; without it the fork keeps the original's model.
@@ -226,18 +232,46 @@ def fork_copy(
         if m.token_end is None or m.token_end <= ckpt.tokens + 1
     ]
     from agentrt.sessions.chain import chain_of
+    from agentrt.sessions.checkpoint import fork_delta
 
-    chain = chain_of(store.checkpoints(info), ckpt)  # a delta copies with the links it needs
-    blobs = [
-        BlobCopy(
-            row={**as_json(c), "parent_id": c.parent_id if n else None, "label": None},
-            filename=PurePosixPath(c.file).name,
-            write=copy_file(layout.resolve(c.file)),
+    chain = chain_of(store.lineage(info), ckpt)  # every link there (the row check is cheap)
+    missing = [c for c in chain if c.missing or not layout.resolve(c.file).is_file()]
+    if missing:
+        raise CheckpointError(
+            f"session {info.name!r} cannot be forked: its checkpoint chain link "
+            f"{missing[0].id[:8]} ({missing[0].file}) is missing",
+            hint="run `agentrt sessions gc --verify`, then fork an older checkpoint's session",
         )
-        for n, c in enumerate(chain)
-    ]
-    copy = SessionCopy(name=new, row=row, status="saved", messages=messages, checkpoints=blobs)
+    # the fork's first checkpoint is an empty delta on the newest one: it shares the chain
+    data, info_ = fork_delta(
+        layout.resolve(ckpt.file),
+        sha256=ckpt.sha256,
+        size=ckpt.size_bytes,
+        metadata={"session": new, "forked_from": info.name},
+    )
+    link = {
+        **as_json(ckpt),
+        "id": f"fork-of-{ckpt.id}",
+        "size_bytes": info_.size_bytes,
+        "sha256": info_.sha256,
+        "format_version": info_.format_version,
+        "parent_id": ckpt.id,
+        "kind": "incremental",
+        "label": None,
+        FORK_LINK: True,
+    }
+    blob = BlobCopy(row=link, filename=f"{ckpt.tokens:09d}-fork.safetensors", write=_bytes(data))
+    copy = SessionCopy(name=new, row=row, status="saved", messages=messages, checkpoints=[blob])
     return copy, ckpt
+
+
+def _bytes(data: bytes) -> Callable[[HashingWriter], None]:
+    """A writer for `write_atomic` of bytes held in memory."""
+
+    def write(sink: HashingWriter) -> None:
+        sink.write(data)
+
+    return write
 
 
 # -- export ------------------------------------------------------------------------------
@@ -267,16 +301,22 @@ def export_archive(
     from agentrt.sessions.chain import BrokenChain, chain_of
 
     info = store.get_session(name)
-    every = store.checkpoints(info)
-    rows = []  # restore points whose whole chain is usable, each with its links
+    every = store.lineage(info)  # with the links a fork borrows from its parent's chain
+    points = []  # the session's restore points whose whole chain is usable
     for c in every:
         try:
-            if not c.missing and not any(link.missing for link in chain_of(every, c)):
-                rows.append(c)
+            if (
+                c.session_id == info.id
+                and not c.missing
+                and not any(link.missing for link in chain_of(every, c))
+            ):
+                points.append(c)
         except BrokenChain:
             continue
-    if latest and rows:
-        rows = chain_of(every, rows[-1])
+    if latest and points:
+        points = points[-1:]
+    wanted = {link.id for c in points for link in chain_of(every, c)}
+    rows = [c for c in every if c.id in wanted]  # oldest first: every base before its deltas
     messages = [as_json(m) for m in store.messages(info)]
     exported = {c.id for c in rows}
     checkpoints = []

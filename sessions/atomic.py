@@ -154,7 +154,23 @@ def write_bytes_atomic(path: Path, data: bytes) -> WrittenFile:
 def write_safetensors_atomic(
     path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]
 ) -> WrittenFile:
-    """Stream tensors into a safetensors file crash-safely (no in-memory copy of the file).
+    """Stream tensors into a safetensors file crash-safely (no in-memory copy of the file)."""
+    return write_atomic(path, safetensors_writer(tensors, metadata))
+
+
+def safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    """A small safetensors file's bytes, in memory (the same layout as the files written)."""
+    import io
+
+    raw = io.BytesIO()
+    safetensors_writer(tensors, metadata)(HashingWriter(raw))
+    return raw.getvalue()
+
+
+def safetensors_writer(
+    tensors: dict[str, torch.Tensor], metadata: dict[str, str]
+) -> Callable[[HashingWriter], None]:
+    """A writer for `write_atomic` that streams tensors as a safetensors file.
 
     Layout per the safetensors spec: u64 LE header length, JSON header (`__metadata__` and
     dtype/shape/data_offsets per tensor, space-padded to 8 bytes), then the tensor bytes,
@@ -189,7 +205,7 @@ def write_safetensors_atomic(
                 flat = t.detach().reshape(-1).contiguous().cpu()
                 sink.write(flat.view(torch.uint8).numpy())
 
-    return write_atomic(path, write)
+    return write
 
 
 def safetensors_metadata(head: bytes, size: int) -> dict[str, str] | None:
@@ -225,6 +241,8 @@ __all__ = [
     "file_sha256",
     "fsync_dir",
     "safetensors_metadata",
+    "safetensors_bytes",
+    "safetensors_writer",
     "sha256_of_fd",
     "stale_temp_files",
     "temp_path_for",

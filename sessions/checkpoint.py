@@ -15,6 +15,7 @@ restores it on top of its parent. `load_checkpoint` reads full checkpoints only.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import operator
 import os
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING
 from agentrt.errors import CheckpointError
 from agentrt.sessions.atomic import (
     TEMP_PREFIX,
+    safetensors_bytes,
     write_safetensors_atomic,
 )
 from agentrt.sessions.fingerprint import Fingerprint, tensors_sha256
@@ -186,6 +188,71 @@ def save_delta(
     path = Path(path)
     if path.name.startswith(TEMP_PREFIX):
         raise ValueError(f"checkpoint name {path.name!r} must not start with {TEMP_PREFIX!r}")
+    tensors, header, info = _delta_file(
+        delta,
+        parent_sha256=parent_sha256,
+        parent_tokens=parent_tokens,
+        fingerprint=fingerprint,
+        extra=extra,
+        extra_names=extra_names,
+        metadata=metadata,
+    )
+    written = write_safetensors_atomic(path, tensors, header)
+    return dataclasses.replace(
+        info, path=written.path, size_bytes=written.size_bytes, sha256=written.sha256
+    )
+
+
+def fork_delta(
+    link: Path, *, sha256: str, size: int, metadata: dict[str, str] | None = None
+) -> tuple[bytes, CheckpointFileInfo]:
+    """(file bytes, info without path) of an empty delta on checkpoint file `link` (a full
+    or incremental one, verified here): a fork's first checkpoint, which adds nothing."""
+    import torch
+
+    _, parts, header, tensors = read_verified(link, expected_sha256=sha256, expected_size=size)
+    layers = int(tensors["ring_slot"].shape[0])
+    k = tensors["layer.0.k"]
+    delta: dict[str, torch.Tensor] = {}
+    for layer in range(layers):
+        delta[f"layer.{layer}.lens"] = tensors[f"layer.{layer}.lens"].clone()
+        delta[f"layer.{layer}.k"] = k.new_empty((0, k.shape[-1]))
+        delta[f"layer.{layer}.v"] = k.new_empty((0, k.shape[-1]))
+        for name in ("pos", "expiry", "flag_expiry"):
+            delta[f"layer.{layer}.{name}"] = torch.zeros(0, dtype=torch.int32)
+        for name in ("rows", "flag_rows"):
+            delta[f"layer.{layer}.{name}"] = torch.zeros(0, dtype=torch.int64)
+    for name in ("ring_slot", "ring_flag", "next_pos"):
+        delta[name] = tensors[name].clone()
+    delta["token_ids"] = torch.zeros(0, dtype=torch.int64)
+    if header.get(KIND_KEY) == "delta":
+        names = [str(n) for n in json.loads(header.get("extra_names", "[]"))]
+    else:
+        names = [n[len(EXTRA_PREFIX) :] for n in tensors if n.startswith(EXTRA_PREFIX)]
+    tensors, head, info = _delta_file(
+        delta,
+        parent_sha256=sha256,
+        parent_tokens=int(header["tokens"]),
+        fingerprint=Fingerprint(parts),
+        extra_names=names,
+        metadata=metadata,
+    )
+    data = safetensors_bytes(tensors, head)
+    digest = sha256_hex(bytearray(data))
+    return data, dataclasses.replace(info, size_bytes=len(data), sha256=digest)
+
+
+def _delta_file(
+    delta: dict[str, torch.Tensor],
+    *,
+    parent_sha256: str,
+    parent_tokens: int,
+    fingerprint: Fingerprint,
+    extra: dict[str, torch.Tensor] | None = None,
+    extra_names: list[str] | None = None,
+    metadata: dict[str, str] | None = None,
+) -> tuple[dict[str, torch.Tensor], dict[str, str], CheckpointFileInfo]:
+    """(tensors, header, info without path/size/sha) of an incremental checkpoint file."""
     from agentrt.dms.cache_math import compression_ratio
     from agentrt.dms.cache_state import dtype_name
 
@@ -218,17 +285,17 @@ def save_delta(
         "content_sha256": tensors_sha256(tensors),
         "user_metadata": json.dumps(dict(metadata or {}), sort_keys=True),
     }
-    written = write_safetensors_atomic(path, tensors, header)
-    return CheckpointFileInfo(
-        path=written.path,
-        size_bytes=written.size_bytes,
-        sha256=written.sha256,
+    info = CheckpointFileInfo(
+        path=Path(),
+        size_bytes=0,
+        sha256="",
         tokens=next_pos,
         slots=slots,
         compression_ratio=compression_ratio(next_pos, lens),
         format_version=DELTA_VERSION,
         fingerprint=fingerprint.digest,
     )
+    return tensors, header, info
 
 
 @dataclass(frozen=True)
@@ -482,6 +549,7 @@ __all__ = [
     "CheckpointFileInfo",
     "LoadedCheckpoint",
     "layer_compression",
+    "fork_delta",
     "load_checkpoint",
     "read_header",
     "save_checkpoint",

@@ -67,8 +67,8 @@ def _report_broken_chains(store: SessionStore, layout: SessionLayout, say: Say) 
         for c in session_rows:
             if c.kind != "incremental" or c.missing:
                 continue
-            try:
-                lost = [link for link in chain_of(session_rows, c)[:-1] if link.missing]
+            try:  # every row: a fork's chain starts in the session it was forked from
+                lost = [link for link in chain_of(rows, c)[:-1] if link.missing]
             except BrokenChain as err:
                 say("kept", f"checkpoint {c.id[:8]} cannot be restored: {err.message}", 0)
                 continue
@@ -184,9 +184,12 @@ def _collect_folder(
     if root:
         referenced: set[str] = set()
         junk = [p for p in _junk(folder, referenced) if p.name.startswith(TEMP_PREFIX)]
-    else:
+    else:  # rows of any session: a deleted session's blobs that forks build on stay put
         referenced = {
-            os.path.normpath(layout.resolve(f)) for f in store.checkpoint_files(folder.name)
+            path
+            for c in store.checkpoints()
+            if os.path.dirname(path := os.path.normpath(layout.resolve(c.file)))
+            == os.path.normpath(folder)
         }
         junk = _junk(folder, referenced)
     for p in junk:

@@ -97,11 +97,19 @@ class SessionStore:
             s.flush()
             if first_checkpoint is not None:
                 c = dict(first_checkpoint)
+                kind = str(c.pop("kind", "full"))
+                _check_choice("checkpoint kind", kind, CHECKPOINT_KINDS)
+                if kind == "incremental":  # a fork's first save: a delta on its parent's chain
+                    base = s.get(CheckpointRow, c.get("parent_id") or "")
+                    if base is None:
+                        raise CheckpointError(
+                            f"the base checkpoint {c.get('parent_id')!r} of this fork is gone"
+                        )
                 s.add(
                     CheckpointRow(
                         session_id=row.id,
                         created_at=utcnow(),
-                        kind="full",
+                        kind=kind,
                         missing=False,
                         **c,
                     )
@@ -194,6 +202,7 @@ class SessionStore:
         """
         with self._tx("deleting a session") as s:
             row = self._row(s, session)
+            handed = _hand_over_to_forks(s, row.id)
             files = list(
                 s.scalars(
                     select(CheckpointRow.file)
@@ -202,7 +211,7 @@ class SessionStore:
                 )
             )
             s.delete(row)
-        return [] if keep_checkpoints else files
+        return [] if keep_checkpoints else [f for f in files if f not in handed]
 
     # --- messages -----------------------------------------------------------------------
 
@@ -275,7 +284,8 @@ class SessionStore:
             row = self._row(s, session, lock=True)
             if parent_id is not None:
                 parent = s.get(CheckpointRow, parent_id)
-                if parent is None or parent.session_id != row.id:
+                # a delta may build on another session's checkpoint (the one it was forked from)
+                if parent is None or (parent.session_id != row.id and kind != "incremental"):
                     raise CheckpointError(
                         f"parent checkpoint {parent_id!r} does not belong to session {row.name!r}"
                     )
@@ -326,6 +336,29 @@ class SessionStore:
             if session is not None:
                 query = query.where(CheckpointRow.session_id == self._row(s, session).id)
             return [CheckpointInfo.from_row(c) for c in s.scalars(query)]
+
+    def lineage(self, session: SessionRef) -> list[CheckpointInfo]:
+        """A session's checkpoints plus the links its chains borrow from the sessions it was
+        forked from (their deltas' ancestors), oldest first: what restoring any of them reads."""
+        with self._tx("reading checkpoints") as s:
+            sid = self._row(s, session).id
+            rows = list(s.scalars(select(CheckpointRow).where(CheckpointRow.session_id == sid)))
+            have = {r.id for r in rows}
+            todo = {r.parent_id for r in rows if r.kind == "incremental" and r.parent_id} - have
+            while todo:
+                found = list(s.scalars(select(CheckpointRow).where(CheckpointRow.id.in_(todo))))
+                rows += found
+                have |= {r.id for r in found}
+                todo = {r.parent_id for r in found if r.kind == "incremental" and r.parent_id}
+                todo -= have
+            rows.sort(key=lambda r: (as_utc(r.created_at), r.id))
+            return [CheckpointInfo.from_row(c) for c in rows]
+
+    def checkpoint(self, checkpoint_id: str) -> CheckpointInfo | None:
+        """The checkpoint with this exact id, or None."""
+        with self._tx("reading checkpoints") as s:
+            row = s.get(CheckpointRow, checkpoint_id)
+            return None if row is None else CheckpointInfo.from_row(row)
 
     def checkpoint_files(self, session_id: str) -> list[str]:
         """The blob files of the session with this exact id ([] for an unknown id)."""
@@ -430,6 +463,33 @@ class SessionStore:
         if row is None:
             raise CheckpointError(f"no checkpoint with id {checkpoint_id!r}")
         return row
+
+
+def _hand_over_to_forks(s: Session, session_id: str) -> set[str]:
+    """Give the checkpoints that forks' deltas build on to those forks (their files stay
+    where they are); returns those files. Called inside the deleting transaction."""
+    own = {
+        r.id: r
+        for r in s.scalars(select(CheckpointRow).where(CheckpointRow.session_id == session_id))
+    }
+    if not own:
+        return set()
+    children = s.scalars(
+        select(CheckpointRow).where(
+            CheckpointRow.parent_id.in_(list(own)),
+            CheckpointRow.session_id != session_id,
+            CheckpointRow.kind == "incremental",
+        )
+    )
+    handed: set[str] = set()
+    for child in children:
+        link = own.get(child.parent_id or "")
+        while link is not None and link.session_id == session_id:  # up to the full one
+            link.session_id, link.label = child.session_id, None
+            handed.add(link.file)
+            link = own.get(link.parent_id or "") if link.kind == "incremental" else None
+    s.flush()
+    return handed
 
 
 def _check_choice(what: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -137,13 +137,14 @@ def show(ctx: click.Context, name: str, full: bool, json_out: bool, **_: Any) ->
         info = store.get_session(name)
         messages = store.messages(info)
         checkpoints = store.checkpoints(info)
-    problems = {c.id: checkpoint_problem(layout, c) for c in checkpoints}
-    chain_problems(checkpoints, problems)
+        lineage = store.lineage(info)  # with the links a fork's chain borrows from its parent
+    problems = {c.id: checkpoint_problem(layout, c) for c in lineage}
+    chain_problems(lineage, problems)
     latest = None
     for c in reversed(checkpoints):  # the newest usable one, its full SHA-256 checked
         if problems[c.id] is None:
             problems[c.id] = checkpoint_problem(layout, c, hash=True)
-            chain_problems(checkpoints, problems)
+            chain_problems(lineage, problems)
             if problems[c.id] is None:
                 latest = c
                 break
@@ -354,7 +355,7 @@ def fork(ctx: click.Context, name: str, new: str, model_dir: Path | None, **_: A
         store = require_store(store, name)
         check = None
         if model_dir is not None:
-            rows = store.checkpoints(name)
+            rows = store.lineage(name)
             check = lambda ckpt: verified_model(layout, model_dir, ckpt, rows)  # noqa: E731
         copy, ckpt = fork_copy(store, layout, name, new, model=check)
         created = create_copy(store, layout, copy)

@@ -249,6 +249,7 @@ class Engine:
             child.pending_token = parent.pending_token
             child.last_logits = parent.last_logits
             child.generator.set_state(parent.generator.get_state())
+            self.persistence.inherit(child.id, parent.db_id)
             return child
 
     def adopt(self, target: Session, source: Session) -> None:
@@ -312,6 +313,7 @@ class Engine:
             self.swap.discard(session)
             if session.db_id is not None:
                 self.persistence.mark_closed(session.db_id)
+            self.persistence.forget(session.id)
             session.closed = True
             self.sessions.discard(session)
 

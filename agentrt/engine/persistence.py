@@ -112,6 +112,7 @@ class Persistence:
         self._fingerprint: Fingerprint | None = None
         self._locks: dict[str, SessionLock] = {}
         self._bases: dict[str, DeltaBase] = {}  # session id → what its next delta is taken on
+        self._forked: dict[str, DeltaBase] = {}  # unsaved fork (runtime id) → its parent's base
 
     # -- lazily opened pieces ----------------------------------------------------------------
     @property
@@ -178,6 +179,17 @@ class Persistence:
             self.unlock(session_id)
 
     # -- save --------------------------------------------------------------------------------
+    def inherit(self, child_id: str, parent_db_id: str | None) -> None:
+        """A fork (runtime id `child_id`) of a saved session: its first save may be a delta on
+        the parent's newest checkpoint, so the fork's checkpoint costs what the fork adds."""
+        base = self._bases.get(parent_db_id) if parent_db_id is not None else None
+        if base is not None:
+            self._forked[child_id] = base
+
+    def forget(self, runtime_id: str) -> None:
+        """Drop what a closed, never-saved fork inherited."""
+        self._forked.pop(runtime_id, None)
+
     def snapshot(self, session: Session) -> Snapshot:
         """Copy what a checkpoint of a resident session holds (call under the engine lock)."""
         cache = session.cache
@@ -217,11 +229,17 @@ class Persistence:
         else:
             self.lock(db_id, snap.name)
         metadata = {"session": snap.name, "seed": str(snap.seed)}
-        base, delta = (None, None) if first else self._delta_for(db_id, snap)
+        inherited = self._forked.pop(snap.session_id, None) if first else None
+        base, delta = self._delta_for(db_id, snap, inherited if first else None)
+        if first and inherited is not None and delta is None:
+            log.info(
+                "fork %s: first save is full (its parent's checkpoint cannot be its base)",
+                snap.name,
+            )
         path = self.layout.new_blob(db_id, snap.tokens)
         try:
             if delta is not None and base is not None:
-                row, info = self._write_delta(db_id, path, snap, base, delta, metadata)
+                row, info = self._write_delta(db_id, path, snap, base, delta, metadata, first)
             else:
                 info = save_checkpoint(
                     path,
@@ -265,14 +283,17 @@ class Persistence:
         return row
 
     def _delta_for(
-        self, db_id: str, snap: Snapshot
+        self, db_id: str, snap: Snapshot, forked: DeltaBase | None = None
     ) -> tuple[DeltaBase | None, dict[str, torch.Tensor] | None]:
-        """(base, delta tensors) for an incremental save of `snap`, or (None, None) for a full one."""
-        base = self._bases.get(db_id)
+        """(base, delta tensors) for an incremental save of `snap`, or (None, None) for a full one.
+
+        The base is the session's previous checkpoint or, for a fork's first save, `forked`
+        (its parent's checkpoint when it was forked).
+        """
+        base = forked if forked is not None else self._bases.get(db_id)
         if base is None or self.policy.max_deltas == 0:
             return None, None
-        rows = {c.id: c for c in self.store.checkpoints(db_id)}
-        row = rows.get(base.checkpoint_id)
+        row = self.store.checkpoint(base.checkpoint_id)
         if row is None or row.missing or row.sha256 != base.sha256:
             self._bases.pop(db_id, None)  # pruned or replaced behind our back: start afresh
             return None, None
@@ -295,8 +316,12 @@ class Persistence:
         base: DeltaBase,
         delta: dict[str, torch.Tensor],
         metadata: dict[str, str],
+        first: bool = False,
     ) -> tuple[CheckpointInfo, CheckpointFileInfo]:
-        """Write and record one incremental checkpoint on `base`; moves the base forward."""
+        """Write and record one incremental checkpoint on `base`; moves the base forward.
+
+        `first`: the session's first save (a fork's), recorded together with its session row.
+        """
         from agentrt.sessions.checkpoint import save_delta
 
         info = save_delta(
@@ -309,9 +334,11 @@ class Persistence:
             extra_names=sorted(snap.extra),
             metadata=metadata,
         )
-        row = self.store.add_checkpoint(
-            db_id, **self._fields(path, info), parent_id=base.checkpoint_id, kind="incremental"
-        )
+        link = {"parent_id": base.checkpoint_id, "kind": "incremental"}
+        if first:
+            row = self._record_full(db_id, snap, info, True, link)
+        else:
+            row = self.store.add_checkpoint(db_id, **self._fields(path, info), **link)
         self._bases[db_id] = base.advanced(
             row.id,
             row.sha256,
@@ -323,11 +350,17 @@ class Persistence:
         return row, info
 
     def _record_full(
-        self, db_id: str, snap: Snapshot, info: CheckpointFileInfo, first: bool
+        self,
+        db_id: str,
+        snap: Snapshot,
+        info: CheckpointFileInfo,
+        first: bool,
+        link: dict[str, str] | None = None,
     ) -> CheckpointInfo:
-        """Commit the row of a full checkpoint (with the session row on a first save)."""
+        """Commit the row of a full checkpoint (with the session row on a first save); with
+        `link`, the first save is a fork's delta on its parent's checkpoint."""
         store = self.store
-        fields = self._fields(info.path, info)
+        fields = {**self._fields(info.path, info), **(link or {})}
         if not first:
             parent = store.latest_checkpoint(db_id)
             return store.add_checkpoint(
@@ -441,8 +474,9 @@ class Persistence:
             ckpt = rows[number - 1]
             if ckpt.missing:
                 raise CheckpointError(f"checkpoint {number} ({ckpt.id[:8]}) is marked missing")
+            every = store.lineage(info.id) if any(c.kind == "incremental" for c in rows) else rows
             loaded = load_chain(
-                self.layout, rows, ckpt, fingerprint=self.fingerprint, session=info.name
+                self.layout, every, ckpt, fingerprint=self.fingerprint, session=info.name
             )
         except CheckpointError as err:
             self.unlock(info.id)
@@ -457,7 +491,7 @@ class Persistence:
         except BaseException:
             self.unlock(info.id)
             raise
-        self._bases[info.id] = self._base_of(rows, ckpt, loaded)
+        self._bases[info.id] = self._base_of(every, ckpt, loaded)
         info = store.set_status(info.id, "active")
         return info, loaded
 
@@ -488,7 +522,10 @@ class Persistence:
         from agentrt.sessions.chain import chain_usable
 
         rows = self.store.checkpoints(info.id)  # with the links just marked missing
-        usable = [n for n, c in enumerate(rows[:-1], start=1) if chain_usable(rows, c, self.layout)]
+        every = self.store.lineage(info.id)
+        usable = [
+            n for n, c in enumerate(rows[:-1], start=1) if chain_usable(every, c, self.layout)
+        ]
         why = err.message if isinstance(err, CheckpointError) else str(err)
         message = (
             f"the newest checkpoint of session {info.name!r} (checkpoint {len(rows)}) "

@@ -185,7 +185,7 @@ def test_rm_refuses_a_session_open_in_an_engine(model_dir: Path) -> None:
 # -- fork / export / import ----------------------------------------------------------------
 
 
-def test_fork_copies_the_checkpoint_and_both_reopen_identically(
+def test_fork_shares_the_chain_and_both_reopen_identically(
     model_dir: Path, agentrt_home: Path
 ) -> None:
     save_session(model_dir, "alpha", saves=2)
@@ -194,10 +194,11 @@ def test_fork_copies_the_checkpoint_and_both_reopen_identically(
     st = store()
     src, dst = st.latest_checkpoint("alpha"), st.latest_checkpoint("beta")
     assert dst is not None and src is not None and dst.file != src.file
-    assert (dst.sha256, dst.fingerprint, dst.tokens) == (src.sha256, src.fingerprint, src.tokens)
-    # the newest is a delta: the fork copies it with its chain (its full checkpoint)
-    assert [c.kind for c in st.checkpoints("beta")] == ["full", "incremental"]
-    assert [c.sha256 for c in st.checkpoints("beta")] == [c.sha256 for c in st.checkpoints("alpha")]
+    assert (dst.fingerprint, dst.tokens, dst.slots) == (src.fingerprint, src.tokens, src.slots)
+    # the fork's one checkpoint is an empty delta on alpha's newest: it costs what it adds
+    assert [c.kind for c in st.checkpoints("beta")] == ["incremental"]
+    assert dst.parent_id == src.id and dst.size_bytes < 20_000
+    assert [c.id for c in st.lineage("beta")] == [c.id for c in st.checkpoints("alpha")] + [dst.id]
     assert [m.content for m in st.messages("beta")] == [m.content for m in st.messages("alpha")]
     assert oct((agentrt_home / dst.file).stat().st_mode & 0o777) == "0o600"
     torch.testing.assert_close(next_logits(model_dir, "beta"), next_logits(model_dir, "alpha"))
@@ -206,6 +207,16 @@ def test_fork_copies_the_checkpoint_and_both_reopen_identically(
     assert taken.exit_code == SessionError.exit_code and "already exists" in taken.stderr
     verified = invoke("sessions", "fork", "alpha", "gamma", "--model", str(model_dir))
     assert verified.exit_code == 0, verified.output
+    want = next_logits(model_dir, "beta")
+    # retention and removal of alpha keep what the forks build on
+    assert invoke("sessions", "gc", "--keep", "1").exit_code == 0
+    assert {c.id for c in store().checkpoints("alpha")} >= {src.id}
+    assert invoke("sessions", "rm", "alpha", "--yes").exit_code == 0
+    assert invoke("sessions", "gc", "--verify").exit_code == 0
+    kinds = sorted([c.kind for c in store().lineage(n)] for n in ("beta", "gamma"))
+    assert kinds == [["full", "incremental", "incremental"]] * 2
+    torch.testing.assert_close(next_logits(model_dir, "beta"), want)
+    torch.testing.assert_close(next_logits(model_dir, "gamma"), want)
 
 
 def test_export_then_import_as_a_copy_reopens_identically(

@@ -387,3 +387,58 @@ def test_a_session_that_outgrows_the_pool_is_told_it_holds_the_pool(
     assert "'big' (this session)" in text and "'other' (idle)" in text
     assert "raise kv_budget, or start a new session" in text
     eng.close()
+
+
+def test_a_fork_saves_what_it_adds_on_its_parents_chain(model_dir: Path, tmp_path: Path) -> None:
+    """A fork's first checkpoint is a delta on its parent's checkpoint; the parent's retention
+    and deletion never take a link the fork needs; export makes the fork self-contained."""
+    home = tmp_path / "home"
+    db = f"sqlite:///{home / 'agentrt.db'}"
+    opts = ["--home", str(home), "--db", db]
+    eng = engine(model_dir, home, checkpoints=CheckpointPolicy(keep=1))
+    s = eng.new_session("parent", seed=5)
+    s.prefill([3 + i % 90 for i in range(200)])
+    base = grow(eng, s, 2, {})[-1]
+    child = eng.fork(s, "child")
+    list(child.generate(3, temperature=0.9))
+    row = eng.save(child)
+    want = moment(child)
+    assert row.kind == "incremental" and row.parent_id == base.id
+    assert row.session_id != base.session_id
+    full = eng.persistence.store.lineage("parent")[0]
+    assert full.kind == "full" and row.size_bytes * 5 < full.size_bytes
+    # the parent goes on with keep=1: the links the fork builds on stay
+    grow(eng, s, 4, {})
+    store = eng.persistence.store
+    lineage = store.lineage("child")
+    assert [c.session_id for c in lineage][-1] == row.session_id
+    assert base.id in {c.id for c in lineage}
+    assert all(eng.persistence.layout.resolve(c.file).is_file() for c in lineage)
+    parent_rows = store.checkpoints("parent")
+    assert base.id in {c.id for c in parent_rows} and len(parent_rows) > 1
+    eng.close()
+    runner = CliRunner()
+    out = runner.invoke(cli, ["sessions", "show", "child", *opts])
+    assert out.exit_code == 0 and "MISSING" not in out.output, out.output
+    archive = tmp_path / "child.tar.gz"
+    out = runner.invoke(cli, ["sessions", "export", "child", str(archive), "--latest", *opts])
+    assert out.exit_code == 0, out.output
+    # deleting the parent hands the links the fork needs to the fork; gc keeps their files
+    out = runner.invoke(cli, ["sessions", "rm", "parent", "--yes", *opts])
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(cli, ["sessions", "gc", *opts])
+    assert out.exit_code == 0, out.output
+    store = SessionStore(open_catalog(db))
+    assert {c.session_id for c in store.lineage("child")} == {row.session_id}
+    store.close()
+    # the archive holds the whole chain: it imports into a home that never saw the parent
+    home2 = tmp_path / "home2"
+    opts2 = ["--home", str(home2), "--db", f"sqlite:///{home2 / 'agentrt.db'}"]
+    out = runner.invoke(cli, ["sessions", "import", str(archive), *opts2])
+    assert out.exit_code == 0, out.output
+    for where in (home, home2):
+        eng2 = engine(model_dir, where)
+        r = eng2.open_session("child")
+        assert r.tokens == want["tokens"]
+        assert_state_equal(r.cache.state_dict(), want["state"])
+        eng2.close()
