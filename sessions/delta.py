@@ -27,6 +27,8 @@ from typing import TYPE_CHECKING
 from agentrt.errors import CheckpointError
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import torch
 
 DELTA_TOKENS = "token_ids"
@@ -68,12 +70,15 @@ class DeltaBase:
         chain_bytes: int = 0,
         deltas: int = 0,
         extra: dict[str, torch.Tensor] | None = None,
+        kv_shape: tuple[int, torch.dtype] | None = None,
     ) -> DeltaBase:
         """The base a checkpoint of `state` (a `SessionCache.state_dict()`) and its extra
-        tensors (sampler state) give the next save."""
-        from agentrt.dms.cache_state import validate_state
+        tensors (sampler state) give the next save.
 
-        layers, _, head_dim, lens = validate_state(state)
+        `state` may lack K/V (`agentrt.dms.cache_rows.pack_positions`); then `kv_shape` is
+        (head_dim, dtype) of the K/V it stands for.
+        """
+        layers, head_dim, dtype, lens = _layout(state, kv_shape)
         return cls(
             checkpoint_id=checkpoint_id,
             sha256=sha256,
@@ -82,7 +87,7 @@ class DeltaBase:
             pos=[state[f"layer.{i}.pos"] for i in range(layers)],
             expiry=[state[f"layer.{i}.expiry"] for i in range(layers)],
             head_dim=head_dim,
-            dtype=state["layer.0.k"].dtype,
+            dtype=dtype,
             window=int(state["ring_slot"].shape[2]) - 1,
             full_bytes=full_bytes,
             chain_bytes=chain_bytes,
@@ -105,20 +110,28 @@ class DeltaBase:
         }
 
     def delta(
-        self, state: dict[str, torch.Tensor], token_ids: list[int]
+        self,
+        state: dict[str, torch.Tensor],
+        token_ids: list[int],
+        *,
+        kv: Callable[[int, torch.Tensor], tuple[torch.Tensor, torch.Tensor]] | None = None,
+        kv_shape: tuple[int, torch.dtype] | None = None,
     ) -> dict[str, torch.Tensor] | None:
-        """The delta tensors from this base to `state`, or None when no delta can express it."""
+        """The delta tensors from this base to `state`, or None when no delta can express it.
+
+        Without K/V in `state`, `kv(layer, rows)` returns the K and V of those packed rows
+        and `kv_shape` is their (head_dim, dtype): only the rows the delta holds are read.
+        """
         import torch
 
-        from agentrt.dms.cache_state import validate_state
-
-        layers, heads, head_dim, lens = validate_state(state)
+        layers, head_dim, dtype, lens = _layout(state, kv_shape)
+        heads = len(lens[0])
         n = len(self.token_ids)
         if (
             layers != len(self.lens)
             or heads != len(self.lens[0])
             or head_dim != self.head_dim
-            or state["layer.0.k"].dtype != self.dtype
+            or dtype != self.dtype
             or int(state["ring_slot"].shape[2]) - 1 != self.window
             or len(token_ids) < n
             or token_ids[:n] != self.token_ids
@@ -139,7 +152,12 @@ class DeltaBase:
             flags = (same & changed).nonzero().flatten()
             out[f"layer.{layer}.lens"] = torch.tensor(new_lens, dtype=torch.int32)
             out[f"layer.{layer}.rows"] = rows
-            for name in ("k", "v", "pos", "expiry"):
+            if kv is None:
+                k, v = state[f"layer.{layer}.k"][rows], state[f"layer.{layer}.v"][rows]
+            else:
+                k, v = kv(layer, rows)
+            out[f"layer.{layer}.k"], out[f"layer.{layer}.v"] = k.contiguous(), v.contiguous()
+            for name in ("pos", "expiry"):
                 out[f"layer.{layer}.{name}"] = state[f"layer.{layer}.{name}"][rows].contiguous()
             out[f"layer.{layer}.flag_rows"] = flags
             out[f"layer.{layer}.flag_expiry"] = expiry[flags].contiguous()
@@ -168,6 +186,7 @@ class DeltaBase:
             chain_bytes=self.chain_bytes + delta_bytes,
             deltas=self.deltas + 1,
             extra=extra,
+            kv_shape=(self.head_dim, self.dtype),
         )
 
 
@@ -260,6 +279,28 @@ def apply_deltas(
         out[name] = last[name].clone()
     validate_state(out)
     return out
+
+
+def _layout(
+    state: dict[str, torch.Tensor], kv_shape: tuple[int, torch.dtype] | None
+) -> tuple[int, int, torch.dtype, list[list[int]]]:
+    """(layers, head_dim, K/V dtype, lens per stream) of a state with or without K/V."""
+    from agentrt.dms.cache_state import validate_state
+
+    if "layer.0.k" in state:
+        layers, _, head_dim, lens = validate_state(state)
+        return layers, head_dim, state["layer.0.k"].dtype, lens
+    if kv_shape is None:
+        raise CheckpointError("a cache state without K/V needs their head_dim and dtype")
+    layers = int(state["ring_slot"].shape[0])
+    lens = [[int(n) for n in state[f"layer.{i}.lens"].tolist()] for i in range(layers)]
+    for i in range(layers):
+        total = sum(lens[i])
+        if state[f"layer.{i}.pos"].shape != (total,) or state[f"layer.{i}.expiry"].shape != (
+            total,
+        ):
+            raise CheckpointError(f"cache state of layer {i} is inconsistent: lens {lens[i]}")
+    return layers, kv_shape[0], kv_shape[1], lens
 
 
 def _unpack(rows: torch.Tensor, lens: list[int]) -> tuple[torch.Tensor, torch.Tensor]:

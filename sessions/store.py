@@ -103,7 +103,9 @@ class SessionStore:
                     base = s.get(CheckpointRow, c.get("parent_id") or "")
                     if base is None:
                         raise CheckpointError(
-                            f"the base checkpoint {c.get('parent_id')!r} of this fork is gone"
+                            f"the base checkpoint {c.get('parent_id')!r} of this fork is gone "
+                            "(its session pruned or removed it meanwhile)",
+                            hint="save the fork again: its next save writes a full checkpoint",
                         )
                 s.add(
                     CheckpointRow(

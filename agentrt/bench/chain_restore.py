@@ -4,7 +4,7 @@
 
 Two engines in two homes do the same work (one torch thread, same seeds, so the same
 tokens and KV): prefill HISTORY_TOKENS random ids and save, then TURNS turns (24 prompt ids,
-16 sampled tokens) with a save after each. The first home chains its saves (a full
+16 sampled tokens) with a save after each (timed). The first home chains its saves (a full
 checkpoint, then deltas); the second writes every save full. Timed, alternating between the
 two and best of REPEATS (default 5): reading and verifying the newest restore point
 (`load_chain` / `load_checkpoint`), and `Engine.open_session` in a fresh engine, which also
@@ -37,13 +37,20 @@ def _build(model: str, home: Path, policy, history: int, turns: int):
     gen = torch.Generator().manual_seed(0)
     vocab = eng.model.arch.vocab_size
     s.prefill(torch.randint(0, vocab, (history,), generator=gen).tolist())
+    t0 = time.perf_counter()
     rows = [eng.save(s)]
+    took = [time.perf_counter() - t0]
     for _ in range(turns):
         s.prefill(torch.randint(0, vocab, (24,), generator=gen).tolist())
         list(s.generate(16, temperature=0.8))
+        t0 = time.perf_counter()
         rows.append(eng.save(s))
+        took.append(time.perf_counter() - t0)
+    t0 = time.perf_counter()
+    eng.persistence.snapshot(s, full=True)
+    took.append(time.perf_counter() - t0)  # packing alone (under the engine lock in a save)
     s.close()
-    return eng, rows
+    return eng, rows, took
 
 
 def main(argv: list[str]) -> None:
@@ -64,11 +71,12 @@ def main(argv: list[str]) -> None:
     }
     built = {k: _build(model, homes[k], policies[k], history, turns) for k in homes}
     rows = {k: built[k][1] for k in homes}
+    saves = {k: built[k][2] for k in homes}
     every = {k: built[k][0].persistence.store.checkpoints("chat") for k in homes}
     assert [r.tokens for r in rows["chain"]] == [r.tokens for r in rows["full"]]
     fp = built["chain"][0].persistence.fingerprint
     layout = {k: built[k][0].persistence.layout for k in homes}
-    for eng, _ in built.values():
+    for eng, _, _ in built.values():
         eng.close()
 
     def read(kind: str) -> None:
@@ -114,6 +122,12 @@ def main(argv: list[str]) -> None:
         f"{len(chain) - 1} deltas); full checkpoint {full_row.size_bytes} B; chain files "
         f"{sum(c.size_bytes for c in chain)} B; one-turn delta {rows['chain'][-1].size_bytes} B "
         f"({rows['chain'][-1].size_bytes / full_row.size_bytes:.3f} of full)"
+    )
+    ch, fu = saves["chain"], saves["full"]
+    print(
+        f"save: one-turn delta {min(ch[1:-1]) * 1000:.1f} ms (median of {len(ch) - 2}: "
+        f"{sorted(ch[1:-1])[(len(ch) - 2) // 2] * 1000:.1f}) vs full {min(fu[1:-1]) * 1000:.1f} ms; "
+        f"packing the session alone {ch[-1] * 1000:.1f} ms"
     )
     for what, label in (("read", "read + verify"), ("open", "open_session into the pool")):
         c, f = min(times[what]["chain"]), min(times[what]["full"])

@@ -1,9 +1,10 @@
 """Saving sessions to checkpoints and reopening them: the engine's glue to `agentrt.sessions`.
 
-A save is two halves: `snapshot` packs the session under the engine lock (CPU copies of
-the live slots, the token ids, the sampler state), and `write` puts the blob on disk
-(temp file, fsync, rename) and commits the catalog rows outside it, so other sessions keep
-stepping while a checkpoint is written. The file layout and the per-session lock belong
+A save is two halves: `snapshot` copies the session under the engine lock (the token ids,
+the sampler state, and either every live slot or, for an incremental save, the positions of
+the slots and the K/V of only those written since the previous checkpoint), and `write`
+puts the blob on disk (temp file, fsync, rename) and commits the catalog rows outside it,
+so other sessions keep stepping while a checkpoint is written. The file layout and the per-session lock belong
 to `agentrt.sessions`.
 
 Saves chain: each session's newest checkpoint is kept as a `DeltaBase` (positions and
@@ -68,6 +69,9 @@ class Snapshot:
     extra: dict[str, torch.Tensor] = field(repr=False)
     stats: dict[str, int | float]  # tokens, slots, kv_bytes, compression_ratio
     pinned: bool = False  # a pinned session keeps every checkpoint
+    # an incremental save: the delta on `base`; `state` then holds no K/V (cache_rows)
+    delta: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    base: DeltaBase | None = field(default=None, repr=False)
 
     @property
     def tokens(self) -> int:
@@ -190,8 +194,13 @@ class Persistence:
         """Drop what a closed, never-saved fork inherited."""
         self._forked.pop(runtime_id, None)
 
-    def snapshot(self, session: Session) -> Snapshot:
-        """Copy what a checkpoint of a resident session holds (call under the engine lock)."""
+    def snapshot(self, session: Session, *, full: bool = False) -> Snapshot:
+        """Copy what a checkpoint of a resident session holds (call under the engine lock).
+
+        When the session's next save can be a delta (and not `full`), only the positions of
+        its slots and the K/V of the slots written since its previous checkpoint are copied,
+        so the time spent under the lock follows what changed, not the session's length.
+        """
         cache = session.cache
         assert cache is not None, f"session {session.name!r} is not resident"
         extra = {"rng_state": session.generator.get_state()}
@@ -200,17 +209,72 @@ class Persistence:
         if session.pending_token is not None:
             extra["pending_token"] = torch.tensor([session.pending_token], dtype=torch.int64)
         st = cache.stats()
+        tokens = list(session.tokens)
+        base = None if full else self._live_base(session)
+        state, delta = None, None
+        if base is not None:
+            from agentrt.dms.cache_rows import gather_kv, pack_positions
+
+            light, flats = pack_positions(cache)
+            shape = (self.pool.spec.head_dim, self.pool.kv.dtype)
+            delta = base.delta(
+                light,
+                tokens,
+                kv=lambda layer, rows: gather_kv(cache, flats[layer], rows),
+                kv_shape=shape,
+            )
+            if delta is not None and not self._wants_full(base, delta, extra, light, tokens):
+                state = light
+            else:
+                base, delta = None, None
         return Snapshot(
             session_id=session.id,
             name=session.name,
             db_id=session.db_id,
             seed=session.seed,
-            state=cache.state_dict(),
-            token_ids=list(session.tokens),
+            state=state if state is not None else cache.state_dict(),
+            token_ids=tokens,
             extra=extra,
             stats={k: st[k] for k in ("tokens", "slots", "kv_bytes", "compression_ratio")},
             pinned=session.pinned,
+            delta=delta,
+            base=base,
         )
+
+    def _live_base(self, session: Session) -> DeltaBase | None:
+        """What the session's next delta is taken on (its previous checkpoint, or for a fork's
+        first save its parent's), if that checkpoint is still in the catalog unchanged."""
+        if self.policy.max_deltas == 0:
+            return None
+        if session.db_id is not None:
+            base = self._bases.get(session.db_id)
+        else:
+            base = self._forked.get(session.id)
+        if base is None:
+            return None
+        row = self.store.checkpoint(base.checkpoint_id)
+        if row is None or row.missing or row.sha256 != base.sha256:
+            self._bases.pop(session.db_id or "", None)  # pruned or replaced: start afresh
+            self._forked.pop(session.id, None)
+            return None
+        return base
+
+    def _wants_full(
+        self,
+        base: DeltaBase,
+        delta: dict[str, torch.Tensor],
+        extra: dict[str, torch.Tensor],
+        light: dict[str, torch.Tensor],
+        tokens: list[int],
+    ) -> bool:
+        """Whether the policy wants a full checkpoint instead of this delta."""
+        changed = [*delta.values(), *base.changed_extra(extra).values()]
+        delta_bytes = sum(t.numel() * t.element_size() for t in changed)
+        slots = sum(light[f"layer.{i}.pos"].numel() for i in range(len(base.lens)))
+        kv_bytes = 2 * slots * base.head_dim * base.dtype.itemsize
+        full_bytes = kv_bytes + sum(t.numel() * t.element_size() for t in light.values())
+        full_bytes += 8 * len(tokens)
+        return self.policy.wants_full(base.chain_bytes, base.deltas, delta_bytes, full_bytes)
 
     def write(self, snap: Snapshot, db_id: str | None) -> CheckpointInfo:
         """Write the blob crash-safely, then its catalog rows (no engine lock needed; the
@@ -229,13 +293,9 @@ class Persistence:
         else:
             self.lock(db_id, snap.name)
         metadata = {"session": snap.name, "seed": str(snap.seed)}
-        inherited = self._forked.pop(snap.session_id, None) if first else None
-        base, delta = self._delta_for(db_id, snap, inherited if first else None)
-        if first and inherited is not None and delta is None:
-            log.info(
-                "fork %s: first save is full (its parent's checkpoint cannot be its base)",
-                snap.name,
-            )
+        if first:
+            self._forked.pop(snap.session_id, None)  # a fork's first save: used or not, done
+        base, delta = snap.base, snap.delta
         path = self.layout.new_blob(db_id, snap.tokens)
         try:
             if delta is not None and base is not None:
@@ -281,32 +341,6 @@ class Persistence:
             info.size_bytes,
         )
         return row
-
-    def _delta_for(
-        self, db_id: str, snap: Snapshot, forked: DeltaBase | None = None
-    ) -> tuple[DeltaBase | None, dict[str, torch.Tensor] | None]:
-        """(base, delta tensors) for an incremental save of `snap`, or (None, None) for a full one.
-
-        The base is the session's previous checkpoint or, for a fork's first save, `forked`
-        (its parent's checkpoint when it was forked).
-        """
-        base = forked if forked is not None else self._bases.get(db_id)
-        if base is None or self.policy.max_deltas == 0:
-            return None, None
-        row = self.store.checkpoint(base.checkpoint_id)
-        if row is None or row.missing or row.sha256 != base.sha256:
-            self._bases.pop(db_id, None)  # pruned or replaced behind our back: start afresh
-            return None, None
-        delta = base.delta(snap.state, snap.token_ids)
-        if delta is None:
-            return None, None
-        changed = [*delta.values(), *base.changed_extra(snap.extra).values()]
-        delta_bytes = sum(t.numel() * t.element_size() for t in changed)
-        full_bytes = sum(t.numel() * t.element_size() for t in snap.state.values())
-        full_bytes += 8 * len(snap.token_ids)
-        if self.policy.wants_full(base.chain_bytes, base.deltas, delta_bytes, full_bytes):
-            return None, None
-        return base, delta
 
     def _write_delta(
         self,

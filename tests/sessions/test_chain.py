@@ -365,7 +365,7 @@ def test_save_cost_follows_the_turn_not_the_history(model_dir: Path, tmp_path: P
         s.cache.state_dict(),
         token_ids=list(s.tokens),
         fingerprint=eng.persistence.fingerprint,
-        extra=eng.persistence.snapshot(s).extra,
+        extra=eng.persistence.snapshot(s, full=True).extra,
     )
     early = sorted(d.size_bytes for d in deltas[1:6])[2]  # medians of 5
     late = sorted(d.size_bytes for d in deltas[25:30])[2]
@@ -442,3 +442,31 @@ def test_a_fork_saves_what_it_adds_on_its_parents_chain(model_dir: Path, tmp_pat
         assert r.tokens == want["tokens"]
         assert_state_equal(r.cache.state_dict(), want["state"])
         eng2.close()
+
+
+def test_an_incremental_snapshot_copies_only_what_the_turn_wrote(
+    model_dir: Path, tmp_path: Path
+) -> None:
+    """Under the engine lock a delta save copies positions and the turn's K/V rows, and the
+    delta equals the one taken from a full copy of the cache."""
+    eng = engine(model_dir, tmp_path / "home", checkpoints=LONG_CHAINS)
+    s = eng.new_session("chat", seed=3)
+    s.prefill([3 + i % 90 for i in range(600)])
+    eng.save(s)
+    s.prefill([5, 6, 7])
+    list(s.generate(4, temperature=0.9))
+    light = eng.persistence.snapshot(s)
+    full = eng.persistence.snapshot(s, full=True)
+    assert light.delta is not None and light.base is not None and full.delta is None
+    assert "layer.0.k" not in light.state and "layer.0.k" in full.state
+    want = light.base.delta(full.state, full.token_ids)
+    assert want is not None and want.keys() == light.delta.keys()
+    for key in want:
+        assert torch.equal(light.delta[key], want[key]), key
+    layers = int(full.state["ring_slot"].shape[0])
+    rows = sum(light.delta[f"layer.{i}.rows"].numel() for i in range(layers))
+    slots = sum(full.state[f"layer.{i}.pos"].numel() for i in range(layers))
+    assert 0 < rows * 10 < slots
+    row = eng.save(s)
+    assert row.kind == "incremental"
+    eng.close()
