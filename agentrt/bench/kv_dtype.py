@@ -8,7 +8,9 @@ bfloat16), on the CPU with one torch thread. Per engine, once: prefill TOKENS to
 it) and greedy-decode STEPS tokens (default 32); the last prompt logits and the greedy
 tokens of the two are compared. Timed: one warm-up round, then REPEATS rounds (default 3)
 in a rotating order, each a prefill of a fresh TOKENS-token session followed by STEPS decode
-steps. Prints the table and one JSON line.
+steps. Where the greedy tokens part, the top-1 minus top-2 logit of both at that step is
+reported (a near-tie parts them; a wrong read would not need one). Prints the table and one
+JSON line.
 """
 
 from __future__ import annotations
@@ -84,14 +86,21 @@ def main(argv: list[str]) -> dict[str, Any]:
             if r > 0:  # round 0 is the warm-up
                 times[v].append(sample)
         print(f"round {r}/{repeats} done", file=sys.stderr)
-    for eng in engines.values():
-        eng.close()
     ref, low = once["float32"], once["bfloat16"]
     diff = (low["logits"] - ref["logits"]).abs().max().item()
     same = next(
         (i for i, (a, b) in enumerate(zip(ref["tokens"], low["tokens"], strict=True)) if a != b),
         steps,
     )
+    margins = {}
+    if same < steps:  # where the greedy runs part: top-1 minus top-2 logit, both storages
+        for v in VARIANTS:
+            s = engines[v].new_session()
+            top = s.prefill(ids + ref["tokens"][:same]).topk(2).values
+            margins[v] = (top[0] - top[1]).item()
+            s.close()
+    for eng in engines.values():
+        eng.close()
     result: dict[str, Any] = {
         "model": path,
         "dms": model.dms is not None,
@@ -102,6 +111,7 @@ def main(argv: list[str]) -> dict[str, Any]:
         "logits_max_abs_diff": diff,
         "logits_max_abs": ref["logits"].abs().max().item(),
         "greedy_tokens_equal_before_divergence": same,
+        "top2_margin_at_divergence": margins,
         "load_1min": _load(),
     }
     for v in VARIANTS:
