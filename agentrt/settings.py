@@ -15,7 +15,11 @@ ENV_MODEL = "AGENTRT_MODEL"
 ENV_DEVICE = "AGENTRT_DEVICE"
 ENV_KERNELS = "AGENTRT_KERNELS"
 ENV_KEEP = "AGENTRT_KEEP_CHECKPOINTS"
+ENV_KV_DTYPE = "AGENTRT_KV_DTYPE"
 DEFAULT_KEEP_CHECKPOINTS = 3
+# KV storage dtypes by name (agentrt.dms.kv_dtype resolves them; kept here torch-free for the CLI).
+KV_DTYPES = ("auto", "model", "bfloat16", "float16", "float32")
+DEFAULT_KV_DTYPE = "auto"
 
 _DEVICES = ("auto", "cpu", "cuda")
 
@@ -60,6 +64,20 @@ def keep_checkpoints() -> int | None:
             hint="set it to a whole number ≥ 1, or `all` to never prune automatically",
         )
     return int(raw)
+
+
+def kv_dtype_setting() -> str:
+    """`$AGENTRT_KV_DTYPE`: the KV storage dtype engines use when none is given (default auto)."""
+    raw = os.environ.get(ENV_KV_DTYPE, "").strip().lower()
+    if not raw:
+        return DEFAULT_KV_DTYPE
+    if raw not in KV_DTYPES:
+        raise ConfigError(
+            f"{ENV_KV_DTYPE}={raw!r} is not a KV storage dtype",
+            hint=f"set it to one of {', '.join(KV_DTYPES)} (auto: bf16 storage where the "
+            "model computes in fp32/bf16 and the device supports bf16)",
+        )
+    return raw
 
 
 def load_settings(

@@ -1,11 +1,13 @@
 """Packing a session cache into CPU tensors and back: the one format swaps and checkpoints share.
 
 Tensors (independent of the pool's block size and device): per layer l, `layer.{l}.k`/`.v`
-[sum_h lens, head_dim] (model dtype) and `.pos`/`.expiry` [sum_h lens] int32 — every
-stream's live slots, head-major, in slot order (so the window ring's stream-relative slots
-stay valid) — and `.lens` [H_kv] int32; `ring_slot` [L, H_kv, w + 1] int64, `ring_flag`
-[L, H_kv, w + 1] bool, `next_pos` [1] int64. The decision owed to the last token needs no
-tensor: the next chunk's first token recomputes it.
+[sum_h lens, head_dim] in the pool's KV storage dtype (bf16 for an fp32 model under
+kv_dtype "auto", so files are half the fp32 size) and `.pos`/`.expiry` [sum_h lens] int32 —
+every stream's live slots, head-major, in slot order (so the window ring's stream-relative
+slots stay valid) — and `.lens` [H_kv] int32; `ring_slot` [L, H_kv, w + 1] int64,
+`ring_flag` [L, H_kv, w + 1] bool, `next_pos` [1] int64. The decision owed to the last token
+needs no tensor: the next chunk's first token recomputes it. A state restores only into a
+pool of the same storage dtype (never converted: a resumed session continues exactly).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def pack_state(cache: SessionCache) -> dict[str, torch.Tensor]:
 
 
 def unpack_state(state: dict[str, torch.Tensor], pool: KVPool, *, window: int) -> SessionCache:
-    """Rebuild a SessionCache in `pool` (any block size or device; same layout and dtype).
+    """Rebuild a SessionCache in `pool` (any block size or device; same layout and storage dtype).
 
     Raises CheckpointError naming every mismatch (layers, KV heads, head_dim, dtype, window)
     and BudgetError when the pool lacks free blocks; in both cases the pool is unchanged.
@@ -65,9 +67,16 @@ def unpack_state(state: dict[str, torch.Tensor], pool: KVPool, *, window: int) -
         if have != want
     ]
     if problems:
+        hint = "restore it with the model and DMS config it was saved with"
+        saved = dtype_name(state["layer.0.k"].dtype)
+        if saved != dtype_name(spec.dtype):
+            hint += (
+                f", and with K/V stored in {saved} (kv_dtype={saved!r}, --kv-dtype {saved} "
+                f"or AGENTRT_KV_DTYPE={saved}): K/V are never converted on restore, so a "
+                "resumed session continues exactly"
+            )
         raise CheckpointError(
-            "checkpoint does not fit this KV pool: " + "; ".join(problems),
-            hint="restore it with the model and DMS config it was saved with",
+            "checkpoint does not fit this KV pool: " + "; ".join(problems), hint=hint
         )
     need = spec.blocks_for_streams(lens)
     if need > pool.num_free:

@@ -19,6 +19,7 @@ from agentrt.dms.dense_forward import (
     reference_mask_fn,
     train_mask_fn,
 )
+from agentrt.dms.kv_dtype import resolve_kv_dtype
 from agentrt.dms.kv_pool import KVPool
 from agentrt.dms.serving import CachePolicy, StepItem, serve_step
 from agentrt.dms.session_cache import SessionCache
@@ -54,7 +55,7 @@ class DMSModel(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        """Dtype of the weights (and of the KV cache)."""
+        """Dtype of the weights: the compute dtype (the KV storage dtype is the pool's)."""
         return self.hf.model.embed_tokens.weight.dtype
 
     @property
@@ -121,14 +122,20 @@ class DMSModel(nn.Module):
         """The DMS window w the cache is built for (0 when nothing is ever evicted)."""
         return self.dms.window_size if self.evicting else 0
 
-    def cache_spec(self, block_size: int = 16) -> CacheSpec:
-        """The paged cache layout for this model."""
+    def cache_spec(
+        self, block_size: int = 16, kv_dtype: str | torch.dtype | None = None
+    ) -> CacheSpec:
+        """The paged cache layout for this model; K/V stored in `kv_dtype` (None: the model dtype).
+
+        `kv_dtype` takes what `agentrt.dms.kv_dtype.resolve_kv_dtype` takes ("auto", "model",
+        "bfloat16", "float16", "float32" or a torch.dtype).
+        """
         return CacheSpec(
             num_layers=self.arch.num_layers,
             num_kv_heads=self.arch.num_kv_heads,
             head_dim=self.arch.head_dim,
             block_size=block_size,
-            dtype=self.dtype,
+            dtype=resolve_kv_dtype(kv_dtype, self.dtype, self.device),
             window=self.window,
         )
 
@@ -138,9 +145,13 @@ class DMSModel(nn.Module):
         *,
         num_blocks: int | None = None,
         block_size: int = 16,
+        kv_dtype: str | torch.dtype | None = None,
     ) -> KVPool:
-        """A KV pool on the model's device, sized by a byte budget ("2GiB") or a block count."""
-        spec = self.cache_spec(block_size)
+        """A KV pool on the model's device, sized by a byte budget ("2GiB") or a block count.
+
+        K/V are stored in `kv_dtype` (None: the model dtype; see `cache_spec`).
+        """
+        spec = self.cache_spec(block_size, kv_dtype)
         if num_blocks is not None:
             return KVPool(spec, num_blocks, device=self.device)
         return KVPool.from_budget(spec, "1GiB" if kv_budget is None else kv_budget, self.device)

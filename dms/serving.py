@@ -3,7 +3,9 @@
 Per layer: project the new tokens of every session (packed), compute decisions, settle
 the decision owed to each session's last cached token, then attend and write:
 - prefill mode (any chunk lengths): `dms_prefill_attention` over (cached slots ∪ chunk)
-  with per-key expiry, then only survivors are written (holes reused, tail compacted);
+  with per-key expiry, then only survivors are written (holes reused, tail compacted); the
+  chunk's own K/V are rounded through the pool's storage dtype first, so every query sees
+  keys exactly as the pool stores them (whole, chunked and token-by-token prefill agree);
   which tokens survive depends on the chunk's decisions, so each layer's plan is made on
   the host after its decisions;
 - decode mode (every session brings one token): the slot of every new token is known
@@ -285,10 +287,11 @@ def _chunk_layers(
         else:
             tables, lens = _tables(items, layer_idx, old_lens)
             pool = items[0].cache.pool
+            k_seen, v_seen = as_stored(k, pool.kv.dtype), as_stored(v, pool.kv.dtype)
             attn = dms_prefill_attention(
                 q,
-                k,
-                v,
+                k_seen,
+                v_seen,
                 new_expiry,
                 positions.to(torch.int32),
                 cu,
@@ -305,6 +308,15 @@ def _chunk_layers(
             policy.after_layer(layer_idx, items, q, layer.self_attn.scaling, cu.tolist())
         h = finish_layer(layer, h, attn.reshape(1, attn.shape[0], -1))
     return h
+
+
+def as_stored(x: torch.Tensor, storage: torch.dtype) -> torch.Tensor:
+    """`x` rounded through the KV storage dtype, back in its own dtype (itself when they match).
+
+    A chunk's own keys and values are seen by its queries as the pool will hold them, so
+    prefill (whole or chunked) and token-by-token decode attend the same values.
+    """
+    return x if x.dtype == storage else x.to(storage).to(x.dtype)
 
 
 def _plan(items, layer_idx, dec, starts, lengths, window):

@@ -120,8 +120,7 @@ def _dms_prefill_kernel(
             kv_mask = n_mask[:, None] & d_mask[None, :]
             k = tl.load(kv_ptr + row[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
             v = tl.load(kv_ptr + stride_v + row[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-            if DOT_F32:
-                k, v = k.to(tl.float32), v.to(tl.float32)
+            k, v = k.to(q.dtype), v.to(q.dtype)  # storage dtype -> compute (fp32: DOT_F32)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
             visible = row_mask[:, None] & n_mask[None, :] & (p_row[:, None] <= expiry[None, :])
             m_i, l_i, acc = _online_update(s, visible, v, m_i, l_i, acc, PRECISION)
@@ -140,8 +139,7 @@ def _dms_prefill_kernel(
             v_off = j64[:, None] * stride_vt + kvh * stride_vh + offs_d[None, :]
             k = tl.load(k_ptr + k_off, mask=kv_mask, other=0.0)
             v = tl.load(v_ptr + v_off, mask=kv_mask, other=0.0)
-            if DOT_F32:
-                k, v = k.to(tl.float32), v.to(tl.float32)
+            k, v = k.to(q.dtype), v.to(q.dtype)  # storage dtype -> compute (fp32: DOT_F32)
             s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
             p_col = p_row[:, None]
             visible = (

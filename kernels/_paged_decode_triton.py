@@ -87,8 +87,7 @@ def _paged_decode_kernel(
         kv_mask = n_mask[:, None] & d_mask[None, :]
         k = tl.load(kv_ptr + row[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(kv_ptr + stride_v + row[:, None] + offs_d[None, :], mask=kv_mask, other=0.0)
-        if DOT_F32:
-            k, v = k.to(tl.float32), v.to(tl.float32)
+        k, v = k.to(q.dtype), v.to(q.dtype)  # storage dtype -> compute (fp32 under DOT_F32)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
         s = tl.where(n_mask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.reduce(s, 1, _MAX))  # finite: every tile has a valid slot

@@ -33,7 +33,7 @@ def _check(
     val.check_ndim("positions", positions, 1, "[T]")
     val.check_ndim("cu_seqlens", cu_seqlens, 1, "[S+1]")
     val.check_dtype("q", q, val.FLOAT_DTYPES)
-    for name, t in (("k", k), ("v", v), ("kv_pool", kv_pool)):
+    for name, t in (("k", k), ("v", v)):
         if t.dtype != q.dtype:
             raise TypeError(f"{name} dtype {t.dtype} != q dtype {q.dtype}")
     for name, t in (("k_expiry", k_expiry), ("positions", positions), ("cu_seqlens", cu_seqlens)):
@@ -87,7 +87,7 @@ def dms_prefill_attention(
 
     q [T, H_q, D]; k, v [T, H_kv, D] post-RoPE; k_expiry [T, H_kv] int32; positions [T] int32
     (consecutive within a sequence); cu_seqlens [S+1] int32; kv_pool [num_blocks, 2,
-    block_size, D]; slot_expiry [num_blocks, block_size] int32; block_tables [S, H_kv,
+    block_size, D] in the KV storage dtype (may differ from q's; upcast before the math); slot_expiry [num_blocks, block_size] int32; block_tables [S, H_kv,
     max_blocks] int32; cache_lens [S, H_kv] int32 (cached slots precede the chunk). A query at
     position p sees cached slot s iff p <= slot_expiry[s], and new key j of its own sequence iff
     positions[j] <= p <= k_expiry[j, h]. A query that sees nothing gets zeros. The chunk is not
@@ -102,5 +102,6 @@ def dms_prefill_attention(
             return dms_prefill_attention_sdpa(*args, cache_lens, scale)
         return _reference(*args, cache_lens, scale)
     val.check_triton_dtype("q", q)
+    val.check_triton_dtype("kv_pool", kv_pool)
     impl = importlib.import_module("agentrt.kernels._dms_prefill_triton")
     return impl.launch(*args, cache_lens, scale)

@@ -49,7 +49,8 @@ def paged_decode_attention(
 ) -> torch.Tensor:
     """One decode query per sequence over its paged streams -> out [S, H_q, D] (q's dtype).
 
-    q [S, H_q, D]; kv_pool [num_blocks, 2, block_size, D] (K = 0, V = 1, keys post-RoPE);
+    q [S, H_q, D]; kv_pool [num_blocks, 2, block_size, D] (K = 0, V = 1, keys post-RoPE; its
+    dtype is the KV storage dtype, which may differ from q's: K/V are upcast before the math);
     block_tables [S, H_kv, max_blocks] int32; cache_lens [S, H_kv] int32 (0 = empty stream,
     output zeros). Query head hq reads kv head hq // (H_q // H_kv). All held slots are visible.
     num_splits=None picks split-K from the longest stream (one host sync on cache_lens; pass
@@ -58,8 +59,6 @@ def paged_decode_attention(
     val.check_ndim("q", q, 3, "[S, H_q, D]")
     val.check_dtype("q", q, val.FLOAT_DTYPES)
     val.check_pool(kv_pool, head_dim=q.shape[2])
-    if kv_pool.dtype != q.dtype:
-        raise TypeError(f"q dtype {q.dtype} != kv_pool dtype {kv_pool.dtype}")
     num_kv_heads = val.check_tables(block_tables, cache_lens, q.shape[0])
     val.check_gqa(q.shape[1], num_kv_heads)
     val.check_same_device(q=q, kv_pool=kv_pool, block_tables=block_tables, cache_lens=cache_lens)
@@ -69,6 +68,7 @@ def paged_decode_attention(
     if backend_for(q, head_dim=q.shape[2]) == "reference":
         return _reference(q, kv_pool, block_tables, cache_lens, scale, num_splits)
     val.check_triton_dtype("q", q)
+    val.check_triton_dtype("kv_pool", kv_pool)
     if num_splits is None:
         max_len = int(cache_lens.max()) if cache_lens.numel() else 0
         num_splits = choose_num_splits(max_len, cache_lens.numel(), num_sms(q.device))

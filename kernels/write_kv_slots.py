@@ -42,6 +42,7 @@ def write_kv_slots(
     val.check_same_device(
         kv_pool=kv_pool, slot_expiry=slot_expiry, slot_mapping=slot_mapping, k=k, v=v, expiry=expiry
     )
+    k, v = k.to(kv_pool.dtype), v.to(kv_pool.dtype)  # the storage dtype (no-op when equal)
     if backend_for(kv_pool, head_dim=head_dim) == "reference":
         _reference(kv_pool, slot_expiry, slot_mapping, k, v, expiry)
         return

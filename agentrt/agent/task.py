@@ -94,6 +94,7 @@ class TaskSpec:
     model: str | None
     device: str
     kv_budget: str | int
+    kv_dtype: str | None  # K/V storage dtype; None: AGENTRT_KV_DTYPE, else auto
     dms: Any  # None (the model's own), "off", or a dict of DMS options
     system: str | None = field(repr=False)
     tools: ToolsSpec
@@ -180,6 +181,7 @@ def _build(loc: Located, base: Path, *, check_model: bool) -> TaskSpec:
         model=model,
         device=v.get("device", "auto"),
         kv_budget=v.get("kv_budget", "1GiB"),
+        kv_dtype=v.get("kv_dtype"),
         dms="off" if dms is False else dms,
         system=v.get("system"),
         tools=tools,

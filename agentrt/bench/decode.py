@@ -12,14 +12,18 @@ from agentrt.bench.workload import BenchModels, HFDecoder, text_ids
 class EngineDecoder:
     """`sessions` engine sessions prefilled with `context` tokens, decoding together."""
 
-    def __init__(self, model: Any, sessions: int, context: int, kv_budget: str) -> None:
+    def __init__(
+        self, model: Any, sessions: int, context: int, kv_budget: str, kv_dtype: str | None = None
+    ) -> None:
         import tempfile
 
         from agentrt.engine import Engine
 
         self._home = tempfile.TemporaryDirectory(prefix="agentrt-bench-decode-")
         home = self._home.name
-        self.engine = Engine(model, kv_budget=kv_budget, home=home, db=f"sqlite:///{home}/b.db")
+        self.engine = Engine(
+            model, kv_budget=kv_budget, kv_dtype=kv_dtype, home=home, db=f"sqlite:///{home}/b.db"
+        )
         self.sessions = [self.engine.new_session() for _ in range(sessions)]
         for i, s in enumerate(self.sessions):
             s.prefill(text_ids(model, context, offset=997 * i))
@@ -67,6 +71,7 @@ def run_decode(
     repeats: int,
     warmup: int = 1,
     kv_budget: str = "1GiB",
+    kv_dtype: str | None = None,  # K/V storage dtype; None: AGENTRT_KV_DTYPE, else auto
     hf: bool = True,
     progress: Any = None,
 ) -> dict[str, Any]:
@@ -75,8 +80,8 @@ def run_decode(
     for n in sessions:
         variants: dict[str, Any] = {}
         if models.dms is not None:
-            variants["agentrt DMS"] = EngineDecoder(models.dms, n, context, kv_budget)
-        variants["agentrt dense"] = EngineDecoder(models.dense, n, context, kv_budget)
+            variants["agentrt DMS"] = EngineDecoder(models.dms, n, context, kv_budget, kv_dtype)
+        variants["agentrt dense"] = EngineDecoder(models.dense, n, context, kv_budget, kv_dtype)
         if hf:
             rows_ids = [text_ids(models.dense, context, offset=997 * i) for i in range(n)]
             variants["HF generate"] = HFDecoder(models.dense, rows_ids)

@@ -18,6 +18,7 @@ def run_memory(
     contexts: tuple[int, ...],
     budget: int,
     kv_budget: str = "2GiB",
+    kv_dtype: str | None = None,  # K/V storage dtype; None: AGENTRT_KV_DTYPE, else auto
     progress: Any = None,
 ) -> dict[str, Any]:
     """Prefill one session per context length with DMS; read the bytes its blocks hold.
@@ -30,7 +31,9 @@ def run_memory(
     model = models.served
     rows = []
     with tempfile.TemporaryDirectory(prefix="agentrt-bench-memory-") as home:
-        eng = Engine(model, kv_budget=kv_budget, home=home, db=f"sqlite:///{home}/b.db")
+        eng = Engine(
+            model, kv_budget=kv_budget, kv_dtype=kv_dtype, home=home, db=f"sqlite:///{home}/b.db"
+        )
         spec = eng.pool.spec
         streams = spec.num_layers * spec.num_kv_heads
         try:

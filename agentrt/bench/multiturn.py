@@ -21,12 +21,14 @@ from agentrt.bench.workload import BenchModels, quiet_hf, text_ids
 class AgentrtTurns:
     """One engine session kept across turns."""
 
-    def __init__(self, model: Any, kv_budget: str) -> None:
+    def __init__(self, model: Any, kv_budget: str, kv_dtype: str | None = None) -> None:
         from agentrt.engine import Engine
 
         self._home = tempfile.TemporaryDirectory(prefix="agentrt-bench-multiturn-")
         home = self._home.name
-        self.engine = Engine(model, kv_budget=kv_budget, home=home, db=f"sqlite:///{home}/b.db")
+        self.engine = Engine(
+            model, kv_budget=kv_budget, kv_dtype=kv_dtype, home=home, db=f"sqlite:///{home}/b.db"
+        )
         self.session = self.engine.new_session()
         self.device, self.forwarded, self.context = model.device, 0, 0
 
@@ -104,10 +106,11 @@ def run_multiturn(
     user_tokens: int,
     answer_tokens: int,
     kv_budget: str = "1GiB",
+    kv_dtype: str | None = None,  # K/V storage dtype; None: AGENTRT_KV_DTYPE, else auto
     progress: Any = None,
 ) -> dict[str, Any]:
     """Total and per-turn seconds, tokens forwarded and recomputed, per variant."""
-    agent = AgentrtTurns(models.served, kv_budget)
+    agent = AgentrtTurns(models.served, kv_budget, kv_dtype)
     variants: dict[str, Any] = {
         "agentrt session": agent,
         "re-send history": HFTurns(models.dense, keep_cache=False),

@@ -13,12 +13,14 @@ from agentrt.bench.workload import BenchModels, hf_forward, text_ids
 class EnginePrefill:
     """An engine whose `run(ids)` prefills a fresh session and frees it."""
 
-    def __init__(self, model: Any, kv_budget: str) -> None:
+    def __init__(self, model: Any, kv_budget: str, kv_dtype: str | None = None) -> None:
         from agentrt.engine import Engine
 
         self._home = tempfile.TemporaryDirectory(prefix="agentrt-bench-prefill-")
         home = self._home.name
-        self.engine = Engine(model, kv_budget=kv_budget, home=home, db=f"sqlite:///{home}/b.db")
+        self.engine = Engine(
+            model, kv_budget=kv_budget, kv_dtype=kv_dtype, home=home, db=f"sqlite:///{home}/b.db"
+        )
         self.device = model.device
         self.last: dict[str, Any] = {}
 
@@ -44,13 +46,14 @@ def run_prefill(
     repeats: int,
     warmup: int = 1,
     kv_budget: str = "1GiB",
+    kv_dtype: str | None = None,  # K/V storage dtype; None: AGENTRT_KV_DTYPE, else auto
     progress: Any = None,
 ) -> dict[str, Any]:
     """Prefill tokens/s per prompt length for every variant, with paired ratios vs HF."""
     engines: dict[str, EnginePrefill] = {}
     if models.dms is not None:
-        engines["agentrt DMS"] = EnginePrefill(models.dms, kv_budget)
-    engines["agentrt dense"] = EnginePrefill(models.dense, kv_budget)
+        engines["agentrt DMS"] = EnginePrefill(models.dms, kv_budget, kv_dtype)
+    engines["agentrt dense"] = EnginePrefill(models.dense, kv_budget, kv_dtype)
     rows = []
     try:
         for n in lengths:

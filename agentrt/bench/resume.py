@@ -17,9 +17,12 @@ from agentrt.errors import CheckpointError
 class ResumeBench:
     """One saved session of `tokens` tokens and the ways to get it back."""
 
-    def __init__(self, models: BenchModels, tokens: int, kv_budget: str) -> None:
+    def __init__(
+        self, models: BenchModels, tokens: int, kv_budget: str, kv_dtype: str | None = None
+    ) -> None:
         self.models, self.model = models, models.served
         self.kv_budget, self.tokens = kv_budget, tokens
+        self.kv_dtype = kv_dtype
         self._home = tempfile.TemporaryDirectory(prefix="agentrt-bench-resume-")
         self.home = self._home.name
         self.engine = self._engine()
@@ -36,7 +39,9 @@ class ResumeBench:
         from agentrt.engine import Engine
 
         db = f"sqlite:///{self.home}/b.db"
-        return Engine(self.model, kv_budget=self.kv_budget, home=self.home, db=db)
+        return Engine(
+            self.model, kv_budget=self.kv_budget, kv_dtype=self.kv_dtype, home=self.home, db=db
+        )
 
     def from_disk(self) -> Sample:
         """A new engine (same process) opens the session from its checkpoint."""
@@ -71,6 +76,7 @@ class ResumeBench:
             "home": self.home,
             "name": "resume",
             "kv_budget": self.kv_budget,
+            "kv_dtype": self.kv_dtype,
         }
         cmd = [sys.executable, "-m", "agentrt.bench.resume_child", json.dumps(args)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=1800)
@@ -96,13 +102,14 @@ def run_resume(
     repeats: int,
     warmup: int = 1,
     kv_budget: str = "1GiB",
+    kv_dtype: str | None = None,  # K/V storage dtype; None: AGENTRT_KV_DTYPE, else auto
     new_process: bool = True,
     progress: Any = None,
 ) -> dict[str, Any]:
     """Seconds to get a session of each length back, per route, and the paired speedups."""
     rows = []
     for n in lengths:
-        bench = ResumeBench(models, n, kv_budget)
+        bench = ResumeBench(models, n, kv_budget, kv_dtype)
         try:
             cases = [
                 Case("re-prefill", bench.reprefill),

@@ -26,7 +26,13 @@ def main(argv: list[str]) -> None:
     else:
         model = load_resolved(args["path"], dms=args["dms"], device=device, progress=False)
     home = args["home"]
-    eng = Engine(model, kv_budget=args["kv_budget"], home=home, db=f"sqlite:///{home}/b.db")
+    eng = Engine(
+        model,
+        kv_budget=args["kv_budget"],
+        kv_dtype=args.get("kv_dtype"),
+        home=home,
+        db=f"sqlite:///{home}/b.db",
+    )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     t0 = time.perf_counter()

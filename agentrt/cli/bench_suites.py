@@ -13,7 +13,7 @@ from typing import Any
 
 import click
 
-from agentrt.cli.options import device_option, model_option, resolve_settings
+from agentrt.cli.options import device_option, kv_dtype_option, model_option, resolve_settings
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -44,8 +44,9 @@ def command_line(ctx: click.Context) -> str:
 
 
 def suite_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """--model, --device, --adapters, --kv-budget, --out shared by every suite."""
+    """--model, --device, --adapters, --kv-budget, --kv-dtype, --out shared by every suite."""
     for option in (
+        kv_dtype_option,
         click.option(
             "--out",
             type=click.Path(path_type=Path),
@@ -124,7 +125,7 @@ def _run(
 )
 @click.option("--budget", default="8GiB", show_default=True, help="Budget the sessions must fit.")
 @click.pass_context
-def memory(ctx, contexts, budget, adapters, kv_budget, out, **_) -> None:  # noqa: ANN001
+def memory(ctx, contexts, budget, adapters, kv_budget, kv_dtype, out, **_) -> None:  # noqa: ANN001
     """KV bytes per session and sessions that fit a budget, DMS vs dense."""
     from agentrt.bench.memory import (
         CPU_CONTEXTS,
@@ -143,6 +144,7 @@ def memory(ctx, contexts, budget, adapters, kv_budget, out, **_) -> None:  # noq
             contexts=lengths,
             budget=parse_bytes(budget),
             kv_budget=kv_budget,
+            kv_dtype=kv_dtype,
             progress=progress,
         )
 
@@ -154,7 +156,7 @@ def memory(ctx, contexts, budget, adapters, kv_budget, out, **_) -> None:  # noq
 @repeat_options
 @click.option("--lengths", default="2048,8192", show_default=True, help="Prompt lengths.")
 @click.pass_context
-def prefill(ctx, lengths, repeats, warmup, adapters, kv_budget, out, **_) -> None:  # noqa: ANN001
+def prefill(ctx, lengths, repeats, warmup, adapters, kv_budget, kv_dtype, out, **_) -> None:  # noqa: ANN001
     """Prefill tokens/s, DMS vs the same engine dense vs HF forward."""
     from agentrt.bench.prefill import prefill_plot, prefill_table, run_prefill
 
@@ -167,6 +169,7 @@ def prefill(ctx, lengths, repeats, warmup, adapters, kv_budget, out, **_) -> Non
             repeats=repeats,
             warmup=warmup,
             kv_budget=kv_budget,
+            kv_dtype=kv_dtype,
             progress=progress,
         )
 
@@ -188,7 +191,7 @@ def prefill(ctx, lengths, repeats, warmup, adapters, kv_budget, out, **_) -> Non
 @click.option("--no-hf", is_flag=True, help="Skip the HF generate baseline.")
 @click.pass_context
 def decode(
-    ctx, sessions, context, steps, no_hf, repeats, warmup, adapters, kv_budget, out, **_
+    ctx, sessions, context, steps, no_hf, repeats, warmup, adapters, kv_budget, kv_dtype, out, **_
 ) -> None:  # noqa: ANN001
     """Decode tokens/s with N sessions, DMS vs the same engine dense vs HF generate."""
     from agentrt.bench.decode import decode_plot, decode_table, run_decode
@@ -204,6 +207,7 @@ def decode(
             repeats=repeats,
             warmup=warmup,
             kv_budget=kv_budget,
+            kv_dtype=kv_dtype,
             hf=not no_hf,
             progress=progress,
         )
@@ -217,7 +221,9 @@ def decode(
 @click.option("--lengths", default="1024,4096,8192", show_default=True, help="Session lengths.")
 @click.option("--no-new-process", is_flag=True, help="Skip the fresh-process restore.")
 @click.pass_context
-def resume(ctx, lengths, no_new_process, repeats, warmup, adapters, kv_budget, out, **_) -> None:  # noqa: ANN001
+def resume(
+    ctx, lengths, no_new_process, repeats, warmup, adapters, kv_budget, kv_dtype, out, **_
+) -> None:  # noqa: ANN001
     """Time to get a saved session back (disk, new process, CPU memory) vs re-prefilling it."""
     from agentrt.bench.resume import resume_plot, resume_table, run_resume
 
@@ -230,6 +236,7 @@ def resume(ctx, lengths, no_new_process, repeats, warmup, adapters, kv_budget, o
             repeats=repeats,
             warmup=warmup,
             kv_budget=kv_budget,
+            kv_dtype=kv_dtype,
             new_process=not no_new_process,
             progress=progress,
         )
@@ -243,7 +250,9 @@ def resume(ctx, lengths, no_new_process, repeats, warmup, adapters, kv_budget, o
 @click.option("--user-tokens", default=48, show_default=True, type=click.IntRange(min=1))
 @click.option("--answer-tokens", default=16, show_default=True, type=click.IntRange(min=1))
 @click.pass_context
-def multiturn(ctx, turns, user_tokens, answer_tokens, adapters, kv_budget, out, **_) -> None:  # noqa: ANN001
+def multiturn(
+    ctx, turns, user_tokens, answer_tokens, adapters, kv_budget, kv_dtype, out, **_
+) -> None:  # noqa: ANN001
     """An N-turn conversation: agentrt session vs re-sent history vs a kept HF dense cache."""
     from agentrt.bench.multiturn import multiturn_plot, multiturn_table, run_multiturn
 
@@ -254,6 +263,7 @@ def multiturn(ctx, turns, user_tokens, answer_tokens, adapters, kv_budget, out, 
             user_tokens=user_tokens,
             answer_tokens=answer_tokens,
             kv_budget=kv_budget,
+            kv_dtype=kv_dtype,
             progress=progress,
         )
 

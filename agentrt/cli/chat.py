@@ -7,7 +7,13 @@ from typing import Any
 
 import click
 
-from agentrt.cli.options import db_option, device_option, home_option, kv_budget_option
+from agentrt.cli.options import (
+    db_option,
+    device_option,
+    home_option,
+    kv_budget_option,
+    kv_dtype_option,
+)
 
 
 @click.command("chat")
@@ -47,6 +53,7 @@ from agentrt.cli.options import db_option, device_option, home_option, kv_budget
     help="Sampling temperature (0 = greedy).",
 )
 @kv_budget_option
+@kv_dtype_option
 @device_option
 @home_option
 @db_option
@@ -70,6 +77,7 @@ def chat(**kw: Any) -> None:
         tools=kw["tools"],
         workspace=kw["workspace"],
         kv_budget=kw["kv_budget"],
+        kv_dtype=kw["kv_dtype"],
         max_new_tokens=kw["max_new_tokens"],
         temperature=kw["temperature"],
     )

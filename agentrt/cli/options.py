@@ -14,7 +14,16 @@ from typing import Any, TypeVar
 import click
 from click.core import ParameterSource
 
-from agentrt.settings import ENV_DB, ENV_DEVICE, ENV_HOME, ENV_MODEL, Settings, load_settings
+from agentrt.settings import (
+    ENV_DB,
+    ENV_DEVICE,
+    ENV_HOME,
+    ENV_KV_DTYPE,
+    ENV_MODEL,
+    KV_DTYPES,
+    Settings,
+    load_settings,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -71,6 +80,17 @@ kv_budget_option = click.option(
     help="KV pool size, e.g. 512MiB.",
 )
 
+kv_dtype_option = click.option(
+    "--kv-dtype",
+    type=click.Choice(KV_DTYPES, case_sensitive=False),
+    default=None,
+    envvar=ENV_KV_DTYPE,
+    show_envvar=True,
+    help="Dtype K/V are stored in (pool, swap, checkpoints). auto: bfloat16 where the model "
+    "computes in fp32/bf16 and the device supports it (half the bytes of fp32); model: the "
+    "model's dtype. Default: auto.",
+)
+
 
 def settings_options(func: F) -> F:
     """Add --home, --db, --model and --device to a command; read them with `resolve_settings`."""
@@ -108,6 +128,8 @@ __all__ = [
     "dms_option",
     "device_option",
     "home_option",
+    "kv_budget_option",
+    "kv_dtype_option",
     "model_option",
     "resolve_settings",
     "setting_source",

@@ -13,7 +13,12 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from agentrt.cli.options import resolve_settings, setting_source, settings_options
+from agentrt.cli.options import (
+    kv_dtype_option,
+    resolve_settings,
+    setting_source,
+    settings_options,
+)
 from agentrt.cli.sessions_archive import catalog, human_bytes
 from agentrt.errors import ModelLoadError
 
@@ -39,6 +44,26 @@ def pick_model(ctx: click.Context, info: SessionInfo, default: str | None) -> st
         f"session {info.name!r} was saved with model {info.model!r}, which is not a folder here",
         hint="pass --model PATH with the model the session was saved with",
     )
+
+
+def stored_kv_dtype(store: Any, home: Path, session_id: str, checkpoint: int | None) -> str | None:
+    """The dtype K/V are stored in by the checkpoint resume restores (checkpoint N, else the
+    newest present one); None when it cannot be read (the restore then reports why)."""
+    from agentrt.errors import CheckpointError
+    from agentrt.sessions.checkpoint import read_header
+    from agentrt.settings import KV_DTYPES
+
+    rows = store.checkpoints(session_id)
+    if checkpoint is not None:
+        rows = rows[checkpoint - 1 : checkpoint]
+    present = [r for r in rows if not r.missing]
+    if not present:
+        return None
+    try:
+        dtype = read_header(home / present[-1].file).get("dtype")
+    except CheckpointError:
+        return None
+    return dtype if dtype in KV_DTYPES else None
 
 
 @click.command()
@@ -78,6 +103,7 @@ def pick_model(ctx: click.Context, info: SessionInfo, default: str | None) -> st
     show_envvar=True,
     help="KV pool size, e.g. 512MiB.",
 )
+@kv_dtype_option
 @settings_options
 @click.pass_context
 def resume(
@@ -88,12 +114,14 @@ def resume(
     temperature: float,
     checkpoint: int | None,
     kv_budget: str,
+    kv_dtype: str | None,
     **_: Any,
 ) -> None:
     """Reopen saved session NAME, feed --prompt, stream the continuation to stdout, save.
 
     The model is --model if given, else the folder recorded with the session, else
-    AGENTRT_MODEL.
+    AGENTRT_MODEL. K/V are stored in --kv-dtype if given, else in the dtype the checkpoint
+    holds them in (so a session saved with fp32 K/V continues exactly).
     The newest checkpoint is verified (size, sha256, model fingerprint) before anything is
     restored. A new checkpoint is written only when tokens were fed or generated; Ctrl-C
     leaves the previous checkpoint as it was.
@@ -105,9 +133,16 @@ def resume(
     settings = resolve_settings(ctx)
     with catalog(settings, readonly=True) as store:
         info = require_store(store, name).get_session(name)
+        if kv_dtype is None:
+            kv_dtype = stored_kv_dtype(store, settings.home, info.id, checkpoint)
     model = pick_model(ctx, info, settings.model)
     engine = Engine.from_pretrained(
-        model, device=settings.device, home=settings.home, db=settings.db_url, kv_budget=kv_budget
+        model,
+        device=settings.device,
+        home=settings.home,
+        db=settings.db_url,
+        kv_budget=kv_budget,
+        kv_dtype=kv_dtype,
     )
     try:
         tok = engine.tokenizer

@@ -11,6 +11,7 @@ from agentrt.cli.options import (
     device_option,
     home_option,
     kv_budget_option,
+    kv_dtype_option,
     ray_options,
 )
 
@@ -37,6 +38,7 @@ from agentrt.cli.options import (
     help="Require `Authorization: Bearer KEY` on every route.",
 )
 @kv_budget_option
+@kv_dtype_option
 @click.option(
     "--max-tokens-cap",
     type=click.IntRange(min=1),
@@ -81,6 +83,7 @@ def serve(**kw: Any) -> None:
         kw["model"],
         device=kw["device"],
         kv_budget=kw["kv_budget"],
+        kv_dtype=kw["kv_dtype"],
         home=kw["home"],
         db=kw["db"],
     )
@@ -126,6 +129,7 @@ def _proxy_on_ray(kw: dict[str, Any]) -> Any:
             home=str(settings.home),
             device="cuda" if gpus else "cpu",
             kv_budget=kw["kv_budget"],
+            kv_dtype=kw["kv_dtype"],
         ),
         replicas=kw["replicas"],
         address=kw["ray_address"],

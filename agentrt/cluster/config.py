@@ -23,6 +23,9 @@ class ReplicaConfig:
     home: str
     device: str = "cpu"
     kv_budget: str | int = "1GiB"
+    kv_dtype: str | None = (
+        None  # K/V storage dtype; None: the replica's AGENTRT_KV_DTYPE, else auto
+    )
     num_blocks: int | None = None
     block_size: int = 16
     dms: str | None = None  # None: the model's own; "off": dense

@@ -182,6 +182,7 @@ def _build_engine(config: ReplicaConfig, home: Path) -> Engine:
 
     kwargs: dict[str, Any] = {
         "kv_budget": config.kv_budget,
+        "kv_dtype": config.kv_dtype,
         "num_blocks": config.num_blocks,
         "block_size": config.block_size,
         "home": home,

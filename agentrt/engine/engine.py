@@ -53,13 +53,19 @@ def describe(err: BaseException) -> str:
 
 
 class Engine:
-    """Serves many long-lived sessions of one DMS model from a shared paged KV pool."""
+    """Serves many long-lived sessions of one DMS model from a shared paged KV pool.
+
+    `kv_dtype` is the dtype K/V are stored in (pool, swap, checkpoints): "auto" (bf16 where
+    the model computes in fp32/bf16 and the device supports bf16), "model", "bfloat16",
+    "float16", "float32" or a torch.dtype; None reads `AGENTRT_KV_DTYPE` (default auto).
+    """
 
     def __init__(
         self,
         model: ServingModel,
         *,
         kv_budget: str | int = "1GiB",
+        kv_dtype: str | torch.dtype | None = None,
         block_size: int = 16,
         num_blocks: int | None = None,
         scheduler: SchedulerConfig | None = None,
@@ -75,14 +81,17 @@ class Engine:
         from agentrt.dms.budget import parse_bytes
         from agentrt.engine.limits import allocation_failed, check_kv_budget, is_allocation_error
         from agentrt.sessions.layout import SessionLayout
-        from agentrt.settings import Settings, keep_checkpoints, load_settings
+        from agentrt.settings import Settings, keep_checkpoints, kv_dtype_setting, load_settings
 
         self.model = model
         self.tokenizer = model.tokenizer
         if num_blocks is None:
             check_kv_budget(kv_budget, model.device)
+        storage = kv_dtype if kv_dtype is not None else kv_dtype_setting()
         try:
-            self.pool = model.make_pool(kv_budget, num_blocks=num_blocks, block_size=block_size)
+            self.pool = model.make_pool(
+                kv_budget, num_blocks=num_blocks, block_size=block_size, kv_dtype=storage
+            )
         except (RuntimeError, MemoryError) as err:
             if not is_allocation_error(err):
                 raise
@@ -141,14 +150,25 @@ class Engine:
         `model=None` serves the default: `AGENTRT_MODEL`, else `smollm2-135m-instruct`
         (prepared on first use, docs/MODELS.md); `dms="off"` serves it dense.
         """
+        from agentrt.dms.kv_dtype import resolve_kv_dtype
         from agentrt.engine.limits import check_kv_budget
         from agentrt.models.resolve import load_resolved
+        from agentrt.settings import kv_dtype_setting
 
         dev = resolve_device(device)
         if kwargs.get("num_blocks") is None:  # refuse a bad budget before reading any weights
             check_kv_budget(kwargs.get("kv_budget", "1GiB"), dev)
+        kv_dtype = kwargs.get("kv_dtype")  # and a bad KV storage dtype
+        resolve_kv_dtype(
+            kv_dtype if kv_dtype is not None else kv_dtype_setting(), dtype or torch.float32, dev
+        )
         loaded = load_resolved(model, dms=dms, device=dev, dtype=dtype, home=kwargs.get("home"))
         return cls(loaded, **kwargs)
+
+    @property
+    def kv_dtype(self) -> torch.dtype:
+        """The dtype K/V are stored in (the pool's); attention computes in the model's dtype."""
+        return self.pool.spec.dtype
 
     # -- sessions ------------------------------------------------------------------------
     def new_session(

@@ -45,9 +45,14 @@ class ServingModel(Protocol):
         ...
 
     def make_pool(
-        self, kv_budget: str | int | None = None, *, num_blocks: int | None = None, block_size: int
+        self,
+        kv_budget: str | int | None = None,
+        *,
+        num_blocks: int | None = None,
+        block_size: int,
+        kv_dtype: str | torch.dtype | None = None,
     ) -> KVPool:
-        """A KV pool sized by a byte budget or a block count."""
+        """A KV pool sized by a byte budget or a block count, K/V stored in `kv_dtype`."""
         ...
 
     def new_cache(self, pool: KVPool, *, window: int | None = None) -> SessionCache:

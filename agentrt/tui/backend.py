@@ -41,6 +41,7 @@ class ChatOptions:
     tools: bool = False
     workspace: Path | None = None  # folder the file tools may read (default: the cwd)
     kv_budget: str = "1GiB"
+    kv_dtype: str | None = None  # K/V storage dtype; None: AGENTRT_KV_DTYPE, else auto
     max_new_tokens: int = 512
     temperature: float = 0.0
 
@@ -89,6 +90,7 @@ def load_engine(options: ChatOptions) -> tuple[Any, Any, Path]:
         options.model or settings.model,
         device=settings.device,
         kv_budget=options.kv_budget,
+        kv_dtype=options.kv_dtype,
         home=settings.home,
         db=settings.db_url,
     )

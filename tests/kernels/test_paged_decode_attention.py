@@ -86,7 +86,7 @@ def _bad(kind: str):
     return {
         "q-2d": ((q[0], pool, bt, lens, scale), ValueError, "[S, H_q, D]"),
         "gqa": ((q[:, :1].expand(-1, 3, -1), pool, bt, lens, scale), ValueError, "H_q (3)"),
-        "dtype": ((q.half(), pool, bt, lens, scale), TypeError, "torch.float16"),
+        "dtype": ((q.int(), pool, bt, lens, scale), TypeError, "torch.int32"),
         "head-dim": ((q[..., :32], pool, bt, lens, scale), ValueError, "head_dim 64 != "),
         "lens-shape": ((q, pool, bt, lens[:, :1], scale), ValueError, "(2, 1)"),
         "table-dtype": ((q, pool, bt.long(), lens, scale), TypeError, "torch.int64"),
