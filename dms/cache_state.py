@@ -6,8 +6,9 @@ kv_dtype "auto", so files are half the fp32 size) and `.pos`/`.expiry` [sum_h le
 every stream's live slots, head-major, in slot order (so the window ring's stream-relative
 slots stay valid) — and `.lens` [H_kv] int32; `ring_slot` [L, H_kv, w + 1] int64,
 `ring_flag` [L, H_kv, w + 1] bool, `next_pos` [1] int64. The decision owed to the last token
-needs no tensor: the next chunk's first token recomputes it. A state restores only into a
-pool of the same storage dtype (never converted: a resumed session continues exactly).
+needs no tensor: the next chunk's first token recomputes it. A state restores into a pool
+of the same storage dtype; `convert=True` (what opening a saved session uses) converts K/V
+of another storage dtype instead.
 """
 
 from __future__ import annotations
@@ -45,26 +46,30 @@ def pack_state(cache: SessionCache) -> dict[str, torch.Tensor]:
     return state
 
 
-def unpack_state(state: dict[str, torch.Tensor], pool: KVPool, *, window: int) -> SessionCache:
+def unpack_state(
+    state: dict[str, torch.Tensor], pool: KVPool, *, window: int, convert: bool = False
+) -> SessionCache:
     """Rebuild a SessionCache in `pool` (any block size or device; same layout and storage dtype).
 
     Raises CheckpointError naming every mismatch (layers, KV heads, head_dim, dtype, window)
     and BudgetError when the pool lacks free blocks; in both cases the pool is unchanged.
+    With `convert`, K/V stored in another floating dtype are converted to the pool's (exact
+    when widening, e.g. bf16 into fp32; rounded when narrowing).
     """
     from agentrt.dms.session_cache import SessionCache
 
     layers, heads, head_dim, lens = validate_state(state)
     spec = pool.spec
+    checks = [
+        ("num_layers", layers, spec.num_layers),
+        ("num_kv_heads", heads, spec.num_kv_heads),
+        ("head_dim", head_dim, spec.head_dim),
+        ("window", int(state["ring_slot"].shape[2]) - 1, window),
+    ]
+    if not convert:
+        checks.insert(3, ("dtype", dtype_name(state["layer.0.k"].dtype), dtype_name(spec.dtype)))
     problems = [
-        f"{name}: checkpoint {have}, pool {want}"
-        for name, have, want in (
-            ("num_layers", layers, spec.num_layers),
-            ("num_kv_heads", heads, spec.num_kv_heads),
-            ("head_dim", head_dim, spec.head_dim),
-            ("dtype", dtype_name(state["layer.0.k"].dtype), dtype_name(spec.dtype)),
-            ("window", int(state["ring_slot"].shape[2]) - 1, window),
-        )
-        if have != want
+        f"{name}: checkpoint {have}, pool {want}" for name, have, want in checks if have != want
     ]
     if problems:
         hint = "restore it with the model and DMS config it was saved with"
@@ -72,8 +77,7 @@ def unpack_state(state: dict[str, torch.Tensor], pool: KVPool, *, window: int) -
         if saved != dtype_name(spec.dtype):
             hint += (
                 f", and with K/V stored in {saved} (kv_dtype={saved!r}, --kv-dtype {saved} "
-                f"or AGENTRT_KV_DTYPE={saved}): K/V are never converted on restore, so a "
-                "resumed session continues exactly"
+                f"or AGENTRT_KV_DTYPE={saved}), so a resumed session continues exactly"
             )
         raise CheckpointError(
             "checkpoint does not fit this KV pool: " + "; ".join(problems), hint=hint

@@ -359,12 +359,13 @@ class SessionCache:
 
     @classmethod
     def from_state(
-        cls, state: dict[str, torch.Tensor], pool: KVPool, *, window: int
+        cls, state: dict[str, torch.Tensor], pool: KVPool, *, window: int, convert: bool = False
     ) -> SessionCache:
-        """Rebuild a cache from `state_dict()` in `pool` (any block size or device)."""
+        """Rebuild a cache from `state_dict()` in `pool` (any block size or device; with
+        `convert`, K/V of another storage dtype are converted to the pool's)."""
         from agentrt.dms.cache_state import unpack_state
 
-        return unpack_state(state, pool, window=window)
+        return unpack_state(state, pool, window=window, convert=convert)
 
     # -- lifetime ------------------------------------------------------------------------
     def fork(self) -> SessionCache:

@@ -584,8 +584,24 @@ class Persistence:
         """Rebuild the cache of a loaded checkpoint in the pool (the caller made room)."""
         from agentrt.dms.session_cache import SessionCache
 
+        saved, pooled = loaded.state["layer.0.k"].dtype, self.pool.kv.dtype
+        if saved != pooled:  # saved by an engine with another kv_dtype (an older default)
+            name = str(saved).removeprefix("torch.")
+            log.warning(
+                "session %s holds K/V in %s; converting them to this engine's %s storage%s "
+                "(open it with kv_dtype=%r, --kv-dtype %s or AGENTRT_KV_DTYPE=%s to keep them)",
+                info.name,
+                name,
+                str(pooled).removeprefix("torch."),
+                "" if pooled.itemsize >= saved.itemsize else ", rounding them",
+                name,
+                name,
+                name,
+            )
         try:
-            cache = SessionCache.from_state(loaded.state, self.pool, window=self.window)
+            cache = SessionCache.from_state(
+                loaded.state, self.pool, window=self.window, convert=True
+            )
         except BaseException:
             self.unlock(info.id)
             raise

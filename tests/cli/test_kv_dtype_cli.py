@@ -13,7 +13,7 @@ from agentrt import Engine
 from agentrt.agent.runner import open_engine
 from agentrt.agent.task import load_task
 from agentrt.cli.main import cli
-from agentrt.errors import CheckpointError, TaskFileError
+from agentrt.errors import TaskFileError
 from agentrt.settings import ENV_KV_DTYPE
 from tests.dms.serving_helpers import tiny_model
 from tests.runtime.tokenizer_fixture import byte_tokenizer
@@ -61,21 +61,27 @@ def test_commands_that_build_engines_take_kv_dtype(path):
     assert "--kv-dtype" in option.opts and option.envvar == ENV_KV_DTYPE
 
 
-def test_resume_keeps_the_stored_dtype_and_a_flag_that_contradicts_it_is_refused(
-    model_dir, monkeypatch
-):
+def test_resume_keeps_the_stored_dtype_unless_a_flag_asks_to_convert(model_dir, monkeypatch):
     _save(model_dir, "float32")  # a session saved with fp32 K/V (e.g. before bf16 storage)
     monkeypatch.delenv(ENV_KV_DTYPE)  # default: auto, bf16 on this CPU
     ok = invoke("resume", "alpha", "--model", str(model_dir), "-n", "2")
     assert ok.exit_code == 0, ok.output
     refused = invoke("resume", "alpha", "--model", str(model_dir), "-n", "2", "--kv-dtype", "bf16")
     assert refused.exit_code == 2 and "bf16" in refused.output  # not a choice: a usage error
-    refused = invoke(
+    import os
+
+    from agentrt.sessions import SessionStore, open_catalog
+    from agentrt.sessions.checkpoint import read_header
+
+    converted = invoke(
         "resume", "alpha", "--model", str(model_dir), "-n", "2", "--kv-dtype", "bfloat16"
     )
-    assert refused.exit_code == CheckpointError.exit_code, refused.output
-    assert "dtype: checkpoint float32, pool bfloat16" in refused.output
-    assert "--kv-dtype float32" in refused.output
+    assert converted.exit_code == 0, converted.output  # asked for: converted, with a warning
+    st = SessionStore(open_catalog(os.environ["AGENTRT_DB"]))
+    newest = st.latest_checkpoint("alpha")
+    st.close()
+    assert newest is not None and newest.kind == "full"  # a new chain in the new dtype
+    assert read_header(Path(os.environ["AGENTRT_HOME"]) / newest.file)["dtype"] == "bfloat16"
 
 
 def test_env_reaches_the_engine_and_a_bad_value_names_the_variable(model_dir, monkeypatch):

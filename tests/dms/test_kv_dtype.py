@@ -199,16 +199,32 @@ def test_checkpoint_file_halves_and_resume_is_exact_under_bf16(model, ids, tmp_p
     assert torch.equal(cont, never_stopped[-1])
 
 
-def test_restoring_bf16_checkpoint_into_fp32_engine_is_refused(model, ids, tmp_path):
+def test_opening_a_session_of_another_storage_dtype_converts_it_with_a_warning(
+    model, ids, tmp_path, caplog
+):
     eng = _engine(model, tmp_path, "bfloat16")
-    eng.save(_prefilled(eng, ids))
+    s = _prefilled(eng, ids)
+    want = pack_state(s.cache)
+    eng.save(s)
     eng.close()
-    eng = _engine(model, tmp_path, "float32")
-    with pytest.raises(CheckpointError, match="dtype: checkpoint bfloat16, pool float32"):
-        eng.open_session("a")
+    eng = _engine(model, tmp_path, "float32")  # widening: exact, with a warning
+    with caplog.at_level("WARNING", logger="agentrt.engine.persistence"):
+        s = eng.open_session("a")
+    assert "holds K/V in bfloat16" in caplog.text and "kv_dtype='bfloat16'" in caplog.text
+    got = pack_state(s.cache)
+    assert got["layer.0.k"].dtype == torch.float32
+    for key in want:
+        assert torch.equal(got[key].to(want[key].dtype), want[key]), key
+    s.prefill(ids[48:50])
+    row = eng.save(s)  # the chain was bf16: the next save starts a float32 one
+    assert row.kind == "full"
     eng.close()
-    eng = _engine(model, tmp_path, "bfloat16")  # where it is valid, it restores
-    assert eng.open_session("a").cache.next_pos == 48
+    eng = _engine(model, tmp_path, "bfloat16")  # narrowing: rounded to bf16
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="agentrt.engine.persistence"):
+        s = eng.open_session("a")
+    assert "rounding them" in caplog.text
+    assert pack_state(s.cache)["layer.0.k"].dtype == torch.bfloat16
     eng.close()
 
 
