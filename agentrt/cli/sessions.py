@@ -305,7 +305,15 @@ def rm(ctx: click.Context, name: str, keep_checkpoints: bool, yes: bool, **_: An
             click.echo(f"  {layout.resolve(c.file)}")
         click.echo("(unreferenced files are removed by the next `agentrt sessions gc`)")
     else:
-        click.echo(f"deleted session {info.name!r} and {count(len(files), 'checkpoint file')}")
+        handed = len(checkpoints) - len(files)
+        forks = (
+            f"; {count(handed, 'checkpoint')} that forks build on now belong to them"
+            if handed
+            else ""
+        )
+        click.echo(
+            f"deleted session {info.name!r} and {count(len(files), 'checkpoint file')}{forks}"
+        )
 
 
 def verified_model(
