@@ -114,9 +114,12 @@ def run_on_ray(
     """Run the task's inputs on `replicas` actors and write the merged JSONL."""
     from agentrt.cluster import actor
     from agentrt.cluster.config import ClusterConfig, ReplicaConfig
+    from agentrt.settings import kv_dtype_setting
 
+    # settings resolve here, not in the workers' environment: every shard stores K/V alike
+    spec = dataclasses.replace(spec, kv_dtype=spec.kv_dtype or kv_dtype_setting())
     config = ClusterConfig(
-        ReplicaConfig(model=spec.model, db=db, home=home),
+        ReplicaConfig(model=spec.model, db=db, home=home, kv_dtype=spec.kv_dtype),
         replicas=replicas,
         address=address,
         cpus_per_replica=cpus_per_replica,

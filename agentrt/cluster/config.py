@@ -23,9 +23,7 @@ class ReplicaConfig:
     home: str
     device: str = "cpu"
     kv_budget: str | int = "1GiB"
-    kv_dtype: str | None = (
-        None  # K/V storage dtype; None: the replica's AGENTRT_KV_DTYPE, else auto
-    )
+    kv_dtype: str | None = None  # K/V storage dtype; None: the driver's AGENTRT_KV_DTYPE
     num_blocks: int | None = None
     block_size: int = 16
     dms: str | None = None  # None: the model's own; "off": dense
@@ -33,6 +31,10 @@ class ReplicaConfig:
     save_every_turns: int = 1  # 0: only on moves and shutdown
 
     def __post_init__(self) -> None:
+        if self.kv_dtype is None:  # resolved here, so every replica stores K/V alike
+            from agentrt.settings import kv_dtype_setting
+
+            object.__setattr__(self, "kv_dtype", kv_dtype_setting())
         if isinstance(self.save_every_turns, bool) or self.save_every_turns < 0:
             raise ConfigError(
                 f"save_every_turns={self.save_every_turns!r} must be 0 (never) or a positive count",
