@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from agentrt.engine.heap import trim_heap
 from agentrt.engine.memory import MemoryPlanner, blocks_to_run, budget_error
 from agentrt.engine.persistence import AutosavePolicy, Persistence, autosave_due
 from agentrt.engine.registry import SessionRegistry
@@ -336,6 +337,7 @@ class Engine:
             self.persistence.forget(session.id)
             session.closed = True
             self.sessions.discard(session)
+        trim_heap()  # its buffers are free now: give the memory back (see engine/heap.py)
 
     def close(self) -> None:
         """Save dirty sessions (if autosave.on_exit), then free every session and the swap files."""
