@@ -31,7 +31,7 @@ from agentrt.sessions.atomic import (
     write_safetensors_atomic,
 )
 from agentrt.sessions.fingerprint import Fingerprint, tensors_sha256
-from agentrt.sessions.tensor_file import parse_safetensors, read_fd, sha256_hex
+from agentrt.sessions.tensor_file import parse_with_digest, read_fd, sha256_hex
 
 if TYPE_CHECKING:
     import torch
@@ -443,7 +443,7 @@ def read_verified(
                     f"sha256 {digest[:16]}… does not match the recorded {expected_sha256[:16]}…",
                 )
         try:
-            header, tensors = parse_safetensors(buf)
+            header, tensors, content = parse_with_digest(buf)
         except ValueError as err:
             raise _corrupt(path, f"not a readable safetensors file ({err})") from None
     finally:
@@ -453,7 +453,7 @@ def read_verified(
     version, parts = _check_header(path, header)
     if fingerprint is not None:
         _check_fingerprint(path, parts, fingerprint)
-    if tensors_sha256(tensors) != header.get("content_sha256"):
+    if content != header.get("content_sha256"):
         raise _corrupt(path, "sha256 of the tensor contents does not match its header")
     return version, parts, header, tensors
 

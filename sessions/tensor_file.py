@@ -63,6 +63,16 @@ def parse_safetensors(buf: bytearray) -> tuple[dict[str, str], dict[str, torch.T
 
     Raises ValueError naming what is malformed (header length, JSON, dtype, shape, offsets).
     """
+    meta, tensors, _ = parse_with_digest(buf)
+    return meta, tensors
+
+
+def parse_with_digest(
+    buf: bytearray,
+) -> tuple[dict[str, str], dict[str, torch.Tensor], str]:
+    """`parse_safetensors` plus the tensors' content digest, hashed from the buffer's slices
+    (equal to `agentrt.sessions.fingerprint.tensors_sha256` of the tensors, without
+    touching them one by one)."""
     import torch
 
     if len(buf) < 8:
@@ -83,6 +93,7 @@ def parse_safetensors(buf: bytearray) -> tuple[dict[str, str], dict[str, torch.T
     start = 8 + length
     data_len = len(buf) - start
     tensors: dict[str, torch.Tensor] = {}
+    spans: dict[str, tuple[int, int]] = {}
     for name, info in header.items():
         try:
             dtype = dtypes[info["dtype"]]
@@ -99,11 +110,32 @@ def parse_safetensors(buf: bytearray) -> tuple[dict[str, str], dict[str, torch.T
         if not 0 <= begin <= end <= data_len or end - begin != nbytes:
             raise ValueError(f"tensor {name!r} has offsets {begin}..{end} that do not fit")
         if numel == 0:
-            tensors[name] = torch.empty(shape, dtype=dtype)
+            tensors[name] = _empty(dtype).reshape(shape)
         else:
             flat = torch.frombuffer(buf, dtype=dtype, count=numel, offset=start + begin)
             tensors[name] = flat.view(shape)
-    return {str(k): str(v) for k, v in meta.items()}, tensors
+        spans[name] = (start + begin, start + end)
+    view = memoryview(buf)
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name]
+        digest.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        begin, end = spans[name]
+        if end > begin:
+            digest.update(view[begin:end])
+    return {str(k): str(v) for k, v in meta.items()}, tensors, digest.hexdigest()
 
 
-__all__ = ["parse_safetensors", "read_fd", "sha256_hex"]
+_EMPTY: dict[torch.dtype, torch.Tensor] = {}
+
+
+def _empty(dtype: torch.dtype) -> torch.Tensor:
+    """A shared zero-length tensor of `dtype` (reshaped views of it cost no allocation)."""
+    import torch
+
+    if dtype not in _EMPTY:
+        _EMPTY[dtype] = torch.empty(0, dtype=dtype)
+    return _EMPTY[dtype]
+
+
+__all__ = ["parse_safetensors", "parse_with_digest", "read_fd", "sha256_hex"]
