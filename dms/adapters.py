@@ -8,6 +8,12 @@ import torch
 from torch import nn
 
 ADAPTER_MARKER = "dms_proj_alpha"
+LORA_MARKER = "dms_lora_"  # the optional LoRA delta (agentrt.dms.lora) travels with them
+
+
+def is_trained_name(name: str) -> bool:
+    """True for a tensor the adapter flavour trains: a DMS adapter or an attached LoRA."""
+    return ADAPTER_MARKER in name or LORA_MARKER in name
 
 
 def has_adapters(hf_model: nn.Module) -> bool:
@@ -39,8 +45,9 @@ def attach_adapters(hf_model: nn.Module) -> None:
 
 
 def adapter_state(hf_model: nn.Module) -> dict[str, torch.Tensor]:
-    """The adapter tensors under their checkpoint names (`model.layers.{i}.self_attn.dms_proj_alpha*`)."""
-    return {k: v for k, v in hf_model.state_dict().items() if ADAPTER_MARKER in k}
+    """The adapter tensors under their checkpoint names (`…self_attn.dms_proj_alpha*`, and
+    `…self_attn.{q,k,v,o}_proj.dms_lora_{a,b}` when a LoRA is attached)."""
+    return {k: v for k, v in hf_model.state_dict().items() if is_trained_name(k)}
 
 
 def load_adapter_state(hf_model: nn.Module, tensors: dict[str, Any]) -> list[str]:
@@ -57,4 +64,4 @@ def load_adapter_state(hf_model: nn.Module, tensors: dict[str, Any]) -> list[str
 
 def base_parameter_names(hf_model: nn.Module) -> list[str]:
     """Names of every parameter that is not an adapter (the frozen base in adapter training)."""
-    return [n for n, _ in hf_model.named_parameters() if ADAPTER_MARKER not in n]
+    return [n for n, _ in hf_model.named_parameters() if not is_trained_name(n)]

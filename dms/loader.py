@@ -15,10 +15,12 @@ from agentrt.dms.adapters import (
     ADAPTER_MARKER,
     adapter_state,
     attach_adapters,
+    is_trained_name,
     load_adapter_state,
 )
 from agentrt.dms.architecture import check_supported
 from agentrt.dms.config import DMSConfig
+from agentrt.dms.lora import is_lora_name, lora_problems, merge_lora, split_lora
 from agentrt.dms.model import DMSModel
 from agentrt.errors import ModelLoadError
 
@@ -155,13 +157,16 @@ def load_model(
     read_supported_config(model_dir)
     file_dms, has_adapter_weights = detect_dms(model_dir)
     extra: dict[str, torch.Tensor] = {}
+    lora: dict[str, torch.Tensor] = {}
+    lora_meta: dict[str, Any] | None = None
     if adapters is not None:
         if file_dms is not None:
             raise ModelLoadError(
                 f"{model_dir} is already a DMS checkpoint; it takes no separate adapters",
                 hint="serve the folder as it is, or pass a plain model with the adapters",
             )
-        file_dms, extra = read_adapter_folder(Path(adapters))
+        file_dms, extra, lora_meta = read_adapter_folder(Path(adapters))
+        extra, lora = split_lora(extra)
         has_adapter_weights = True
     served = merge_dms(file_dms, dms)
     try:
@@ -181,14 +186,32 @@ def load_model(
                 raise ModelLoadError(f"{source}: adapter tensors missing: {missing[:4]}…")
         else:
             log.info("retrofitting %s with zero-initialised DMS adapters", model_dir)
+    delta = _merge_lora(hf, lora, lora_meta, Path(adapters)) if lora_meta and served else None
     tok = _load_tokenizer(model_dir) if tokenizer else None
     model = DMSModel(hf, served, tokenizer=tok)
     model.source_dir = model_dir
+    model.weight_delta = delta
     return model
 
 
-def read_adapter_folder(folder: Path) -> tuple[DMSConfig, dict[str, torch.Tensor]]:
-    """(DMS config, adapter tensors) of an adapter folder: dms_config.json + adapters.safetensors."""
+def _merge_lora(
+    hf: Any, tensors: dict[str, torch.Tensor], meta: dict[str, Any], folder: Path
+) -> str:
+    """Fold an adapter folder's LoRA into the weights; returns its digest (for fingerprints)."""
+    problems = lora_problems(hf, tensors, int(meta["rank"]))
+    if problems:
+        raise ModelLoadError(
+            f"{folder}: the LoRA tensors do not fit the model ({'; '.join(problems)})",
+            hint="the folder was trained on a different model; pass adapters trained on this one",
+        )
+    return merge_lora(hf, tensors, float(meta["scale"]))
+
+
+def read_adapter_folder(
+    folder: Path,
+) -> tuple[DMSConfig, dict[str, torch.Tensor], dict[str, Any] | None]:
+    """(DMS config, adapter tensors, LoRA rank/scale or None) of an adapter folder:
+    dms_config.json + adapters.safetensors."""
     from safetensors.torch import load_file
 
     from agentrt.errors import ConfigError
@@ -211,10 +234,24 @@ def read_adapter_folder(folder: Path) -> tuple[DMSConfig, dict[str, torch.Tensor
             f"{cfg_file}: dms_separate_alpha must be true for an adapter folder",
             hint="adapter folders hold the adapter flavour (dms_proj_alpha tensors)",
         )
-    stray = sorted(k for k in tensors if ADAPTER_MARKER not in k)
+    stray = sorted(k for k in tensors if not is_trained_name(k))
     if stray:
         raise ModelLoadError(f"{weights}: holds tensors that are not DMS adapters: {stray[:4]}")
-    return cfg, tensors
+    lora_meta = raw.get("lora")
+    has_lora = any(is_lora_name(k) for k in tensors)
+    if has_lora != bool(lora_meta) or (
+        lora_meta
+        and not (
+            isinstance(lora_meta, dict)
+            and isinstance(lora_meta.get("rank"), int)
+            and isinstance(lora_meta.get("scale"), int | float)
+        )
+    ):
+        raise ModelLoadError(
+            f"{folder}: LoRA tensors and the `lora` entry of dms_config.json disagree",
+            hint='a folder with dms_lora_* tensors needs "lora": {"rank": R, "scale": S}',
+        )
+    return cfg, tensors, lora_meta
 
 
 def safetensors_error() -> type[Exception]:

@@ -46,6 +46,7 @@ class DMSModel(nn.Module):
             )
         self.dms = dms
         self.source_dir: Path | None = None  # the folder it was loaded from (set by load_model)
+        self.weight_delta: str | None = None  # digest of a LoRA merged into the weights, if any
 
     # -- facts -------------------------------------------------------------------------
     @property

@@ -1,7 +1,8 @@
 """Model fingerprint: what a checkpoint's KV depends on, hashed part by part.
 
 Parts: `config` (HF config without dms_* and volatile keys), `weights` (the model folder's
-weight files, or the tensors), `tokenizer`, `chat_template`, `dms_config`, `dtype`. A
+weight files, or the tensors), `tokenizer`, `chat_template`, `dms_config`, `dtype`, and
+`weight_delta` when shipped adapters merged a LoRA into the weights. A
 checkpoint records every part, so a refusal names exactly what changed. Weight-file
 digests are cached in `<cache_dir>/fingerprints.json` keyed by path, size and mtime.
 
@@ -114,6 +115,9 @@ def model_fingerprint(
         "dms_config": NONE if dms is None else _sha256_json(dms.to_hf_dict()),
         "dtype": str(model.dtype).removeprefix("torch."),
     }
+    delta = getattr(model, "weight_delta", None)
+    if isinstance(delta, str):  # a LoRA merged into the weights (not in the folder's files)
+        parts["weight_delta"] = delta
     return Fingerprint(parts=parts)
 
 

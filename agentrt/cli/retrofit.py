@@ -89,6 +89,14 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
         "Stop with a checkpoint after this many minutes of training (0: off).",
     ),
     ("--threads", "threads", click.INT, "Torch CPU threads (0: torch's default)."),
+    (
+        "--lora-rank",
+        "lora_rank",
+        click.INT,
+        "Also train a rank-r LoRA on q/k/v/o beside the adapters (0: none).",
+    ),
+    ("--lora-alpha", "lora_alpha", click.FLOAT, "LoRA delta = (alpha / rank) · B A (default 16)."),
+    ("--lora-lr", "lora_lr", click.FLOAT, "AdamW learning rate of the LoRA (default 2e-4)."),
 ]
 
 

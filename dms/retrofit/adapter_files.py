@@ -2,9 +2,11 @@
 
 A folder holds `adapters.safetensors` (fp32, `model.layers.{i}.self_attn.dms_proj_alpha_norm
 .weight` [hidden] and `…dms_proj_alpha.weight` [num_kv_heads, hidden], `.bias` only with
-attention_bias), `dms_config.json` (the adapter-flavour DMS keys and `measured_cr` when
-known) and, for a finished run, `retrofit_report.json`. It is kilobytes: the base model
-stays where it is and the adapters are loaded onto it.
+attention_bias; with a LoRA also `…self_attn.{q,k,v,o}_proj.dms_lora_{a,b}`), `dms_config.json`
+(the adapter-flavour DMS keys, `measured_cr` when known, `lora` {rank, scale, targets} with
+a LoRA) and, for a finished run, `retrofit_report.json`. It is kilobytes to a few MB: the
+base model stays where it is and the adapters are loaded onto it (serving merges a LoRA
+into the weights, training and evaluation attach it: `agentrt.dms.lora`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import torch
 
 from agentrt.dms.adapters import adapter_state, load_adapter_state
 from agentrt.dms.config import DMSConfig
+from agentrt.dms.lora import attach_lora, is_lora_name, lora_info
 from agentrt.dms.model import DMSModel
 from agentrt.errors import CheckpointError
 
@@ -32,13 +35,17 @@ DMS_KEYS = (
 )
 
 
-def dms_config_dict(dms: DMSConfig, measured_cr: float | None = None) -> dict[str, Any]:
-    """The `dms_config.json` mapping of an adapter-flavour config (+ measured_cr when known)."""
+def dms_config_dict(
+    dms: DMSConfig, measured_cr: float | None = None, lora: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The `dms_config.json` mapping of an adapter-flavour config (+ measured_cr, LoRA info)."""
     values = dms.to_hf_dict()
     out: dict[str, Any] = {key: values[key] for key in DMS_KEYS}
     out["dms_separate_alpha"] = True
     if measured_cr is not None:
         out["measured_cr"] = float(measured_cr)
+    if lora is not None:
+        out["lora"] = lora
     return out
 
 
@@ -59,7 +66,8 @@ def save_adapter_folder(
         for k, v in adapter_state(model.hf).items()
     }
     save_file(tensors, str(out / ADAPTER_FILE), metadata={"format": "pt"})
-    text = json.dumps(dms_config_dict(model.dms, measured_cr), indent=2) + "\n"
+    text = json.dumps(dms_config_dict(model.dms, measured_cr, lora_info(model.hf)), indent=2)
+    text += "\n"
     (out / DMS_CONFIG_FILE).write_text(text, encoding="utf-8")
     if report is not None:
         (out / "retrofit_report.json").write_text(
@@ -96,13 +104,31 @@ def read_adapter_folder(path: str | Path) -> tuple[dict[str, torch.Tensor], DMSC
     return tensors, dms
 
 
+def read_lora_meta(path: str | Path) -> dict[str, Any] | None:
+    """The `lora` entry ({rank, scale, targets}) of a folder's dms_config.json, if any."""
+    cfg_file = Path(path) / DMS_CONFIG_FILE
+    if not cfg_file.is_file():
+        return None
+    return json.loads(cfg_file.read_text(encoding="utf-8")).get("lora")
+
+
 def apply_adapter_folder(model: DMSModel, path: str | Path) -> None:
-    """Copy a folder's adapter tensors into an adapter-flavour model (shapes checked)."""
+    """Copy a folder's adapter tensors into an adapter-flavour model (shapes checked).
+
+    A folder with a LoRA attaches one (as training has it, switchable for the dense teacher)
+    when the model has none; a folder without one leaves an attached LoRA as it is (a LoRA
+    run starting from adapter-only weights).
+    """
     from agentrt.dms.loader import check_adapter_tensors
 
     tensors, _ = read_adapter_folder(path)
+    meta = read_lora_meta(path)
+    if meta and lora_info(model.hf) is None:
+        attach_lora(model.hf, int(meta["rank"]), float(meta["scale"]))
     check_adapter_tensors(model.hf, tensors, Path(path))
     missing = load_adapter_state(model.hf, tensors)
+    if not any(is_lora_name(k) for k in tensors):
+        missing = [k for k in missing if not is_lora_name(k)]
     if missing:
         raise CheckpointError(
             f"{path}: adapter tensors missing: {', '.join(missing[:4])}",

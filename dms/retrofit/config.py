@@ -50,10 +50,21 @@ _INT_KEYS = frozenset(
         "max_eval_blocks",
         "eval_seq_len",
         "threads",
+        "lora_rank",
     }
 )
 _FLOAT_KEYS = frozenset(
-    {"target_cr", "initial_cr", "lr", "tau", "eval_fraction", "save_every_minutes", "max_minutes"}
+    {
+        "target_cr",
+        "initial_cr",
+        "lr",
+        "tau",
+        "eval_fraction",
+        "save_every_minutes",
+        "max_minutes",
+        "lora_alpha",
+        "lora_lr",
+    }
 )
 _BOOL_KEYS = frozenset({"resume", "gradient_checkpointing", "save_model"})
 
@@ -98,6 +109,9 @@ class RetrofitConfig:
     init_adapters: str = ""  # start a fresh schedule from the adapters in this folder
     threads: int = 0  # torch intra-op threads (0: torch's default)
     save_model: bool = False  # adapter flavour: also write a whole model folder into out
+    lora_rank: int = 0  # > 0: also train a rank-r LoRA on q/k/v/o beside the adapters
+    lora_alpha: float = 16.0  # the LoRA delta is (lora_alpha / lora_rank) · B A
+    lora_lr: float = 2e-4  # AdamW learning rate of the LoRA (the adapters keep `lr`)
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -132,6 +146,11 @@ class RetrofitConfig:
             alpha_per=self.alpha_per,
             tau=float(self.tau),
         )
+
+    @property
+    def lora_scale(self) -> float:
+        """The LoRA delta's factor lora_alpha / lora_rank (0 without a LoRA)."""
+        return self.lora_alpha / self.lora_rank if self.lora_rank else 0.0
 
     @property
     def tokens_per_step(self) -> int:
@@ -237,6 +256,15 @@ def config_problems(v: dict[str, Any]) -> list[tuple[str, str]]:
         bad("objective", "layer_local trains adapters only (flavour: adapter)")
     if v["init_adapters"] and v["flavour"] != "adapter":
         bad("init_adapters", "needs flavour: adapter")
+    if v["lora_rank"] < 0:
+        bad("lora_rank", "must be ≥ 0 (0: no LoRA)")
+    elif v["lora_rank"] and v["flavour"] != "adapter":
+        bad("lora_rank", "needs flavour: adapter (the qneuron flavour trains every weight)")
+    elif v["lora_rank"] and v["save_model"]:
+        bad("save_model", "is not available with a LoRA (serve out/adapters on the base model)")
+    for key in ("lora_alpha", "lora_lr"):
+        if not v[key] > 0:
+            bad(key, "must be > 0")
     if v["init_adapters"] and v["resume_from"]:
         bad("init_adapters", "cannot be combined with resume_from (which brings its adapters)")
     for key in ("eval_seq_len", "threads"):

@@ -2,7 +2,8 @@
 
 One dense forward (no grad) caches every layer's input residual h_l and its attention
 output o_l = o_proj(attention(h_l)). Then, layer by layer, the student attention of the
-same h_l (Gumbel decisions from the adapter, soft mask, tiled) is compared with o_l:
+same h_l (Gumbel decisions from the adapter, soft mask, tiled; an attached LoRA acting on
+q/k/v/o, switched off for the dense pass) is compared with o_l:
 `mse_l = mean_t ‖ô_l,t − o_l,t‖² / mean_t ‖o_l,t‖²` (normalised, so every layer weighs
 alike), and the loss is `mean_l mse_l + max(0, target − evicted)` with the same hinge as
 the KL objective. Each layer's graph is back-propagated and freed before the next one:
@@ -19,6 +20,7 @@ import torch.nn.functional as F
 from agentrt.dms.block_attention import dms_tile_attention
 from agentrt.dms.dense_forward import default_positions
 from agentrt.dms.gating import logistic_noise, soft_decisions
+from agentrt.dms.lora import lora_disabled
 from agentrt.dms.masks import key_flags
 from agentrt.dms.model import DMSModel
 from agentrt.dms.projections import finish_layer, project_layer, rope_tables
@@ -37,6 +39,12 @@ class LayerCache:
 @torch.no_grad()
 def dense_layer_cache(model: DMSModel, ids: torch.Tensor) -> LayerCache:
     """Run the dense model on ids [B, T] and keep every layer's input and attention output."""
+    with lora_disabled(model.hf):  # the targets are the base model's, without the LoRA
+        return _dense_layer_cache(model, ids)
+
+
+def _dense_layer_cache(model: DMSModel, ids: torch.Tensor) -> LayerCache:
+    """`dense_layer_cache` with whatever weights the model has now."""
     hf, arch = model.hf, model.arch
     bsz, seq = ids.shape
     h = hf.model.embed_tokens(ids)

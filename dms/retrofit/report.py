@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from agentrt.dms.lora import lora_disabled
 from agentrt.dms.model import DMSModel
 from agentrt.dms.retrofit.loss import token_kl, valid_positions
 from agentrt.dms.serving import StepItem
@@ -88,10 +89,11 @@ def evaluate_heldout(
 
 
 def dense_teacher(model: DMSModel) -> TeacherFn:
-    """Teacher logits from `model` itself with eviction off (exact for the adapter flavour)."""
+    """Teacher logits from `model` itself with eviction (and any attached LoRA) off: the base."""
 
     def run(ids: torch.Tensor) -> torch.Tensor:
         """Dense logits [B, T, V] for ids [B, T]."""
-        return model.forward_train(ids, noise_seed=None, teacher=True).logits
+        with lora_disabled(model.hf):
+            return model.forward_train(ids, noise_seed=None, teacher=True).logits
 
     return run

@@ -10,8 +10,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from agentrt.dms.adapters import ADAPTER_MARKER
+from agentrt.dms.adapters import is_trained_name
 from agentrt.dms.loader import load_model
+from agentrt.dms.lora import attach_lora, is_lora_name
 from agentrt.dms.model import DMSModel
 from agentrt.dms.retrofit.config import RetrofitConfig
 from agentrt.errors import ConfigError, ModelLoadError
@@ -76,19 +77,22 @@ def load_tokenizer(model_dir: Path) -> Any:
 def load_student(
     source: Path, cfg: RetrofitConfig, device: torch.device, tokenizer: Any
 ) -> DMSModel:
-    """The student in fp32 (master weights); a plain adapter-flavour model gets zero adapters."""
+    """The student in fp32 (master weights); a plain adapter-flavour model gets zero adapters,
+    and a zero-delta LoRA on q/k/v/o when `lora_rank` asks for one."""
     model = load_model(source, dms=cfg.dms_config(), device=device, dtype=torch.float32)
     if model.tokenizer is None:
         model.tokenizer = tokenizer
+    if cfg.lora_rank:
+        attach_lora(model.hf, cfg.lora_rank, cfg.lora_scale, seed=cfg.seed)
     mark_trainable(model.hf, cfg.flavour)
     return model
 
 
 def mark_trainable(hf: nn.Module, flavour: str) -> list[nn.Parameter]:
-    """Set requires_grad (adapter: only dms_proj_alpha*; qneuron: all); returns the trainable."""
+    """Set requires_grad (adapter: dms_proj_alpha* and any LoRA; qneuron: all); returns them."""
     trainable = []
     for name, param in hf.named_parameters():
-        train = flavour == "qneuron" or ADAPTER_MARKER in name
+        train = flavour == "qneuron" or is_trained_name(name)
         param.requires_grad_(train)
         if train:
             trainable.append(param)
@@ -112,9 +116,23 @@ def frozen_teacher(student: DMSModel | None, model_dir: Path, device: torch.devi
     return DMSModel(hf.eval(), None)
 
 
-def make_optimizer(params: list[nn.Parameter], lr: float) -> torch.optim.Optimizer:
-    """AdamW with NVIDIA's settings (betas 0.9/0.95, no weight decay)."""
-    return torch.optim.AdamW(params, lr=lr, betas=BETAS, weight_decay=0.0)
+def make_optimizer(
+    params: list[nn.Parameter],
+    lr: float,
+    lora: list[nn.Parameter] | None = None,
+    lora_lr: float = 0,
+) -> torch.optim.Optimizer:
+    """AdamW with NVIDIA's settings (betas 0.9/0.95, no weight decay); LoRA in its own group."""
+    groups: list[dict] = [{"params": params, "lr": lr}]
+    if lora:
+        groups.append({"params": lora, "lr": lora_lr})
+    return torch.optim.AdamW(groups, lr=lr, betas=BETAS, weight_decay=0.0)
+
+
+def split_trainable(hf: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """(trainable parameters that are not LoRA, the LoRA ones), in module order."""
+    named = [(n, p) for n, p in hf.named_parameters() if p.requires_grad]
+    return [p for n, p in named if not is_lora_name(n)], [p for n, p in named if is_lora_name(n)]
 
 
 def out_of_memory_error() -> tuple[type[BaseException], ...]:

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 from agentrt.dms.loader import load_model, resolve_model_dir
+from agentrt.dms.lora import lora_disabled, lora_info
 from agentrt.dms.projections import lm_logits
 from agentrt.dms.retrofit import setup
 from agentrt.dms.retrofit.adapter_files import (
@@ -95,7 +96,8 @@ class Retrofitter:
             fresh = self.model if state is None else None
             self.teacher = setup.frozen_teacher(fresh, self.model_dir, self.device)
         self.trainable = [p for p in self.model.hf.parameters() if p.requires_grad]
-        self.optimizer = setup.make_optimizer(self.trainable, cfg.lr)
+        base, lora = setup.split_trainable(self.model.hf)
+        self.optimizer = setup.make_optimizer(base, cfg.lr, lora, cfg.lora_lr)
         if state is not None:
             self.optimizer.load_state_dict(state["optimizer"])
             set_rng_state(state["rng"])
@@ -181,7 +183,8 @@ class Retrofitter:
     def _teacher_hidden(self, ids: torch.Tensor) -> torch.Tensor:
         """Teacher's last residual stream [B, T, hidden] for ids [B, T] (no grad)."""
         teacher = self.teacher or self.model
-        return teacher.forward_train(ids, noise_seed=None, teacher=True, head=False).logits
+        with lora_disabled(teacher.hf):  # an attached LoRA is the student's, not the teacher's
+            return teacher.forward_train(ids, noise_seed=None, teacher=True, head=False).logits
 
     def _heads(self) -> tuple[Any, Any]:
         """(student head, teacher head): final norm + LM head as functions of hidden rows."""
@@ -404,6 +407,7 @@ class Retrofitter:
             "flavour": cfg.flavour,
             "objective": cfg.objective,
             "trainable_parameters": sum(p.numel() for p in self.trainable),
+            "lora": lora_info(self.model.hf),
             "steps": self.step,
             "schedule": {
                 "initial_cr": cfg.initial_cr,
