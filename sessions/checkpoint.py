@@ -238,7 +238,7 @@ def fork_delta(
         metadata=metadata,
     )
     data = safetensors_bytes(tensors, head)
-    digest = sha256_hex(bytearray(data))
+    digest = sha256_hex(data)
     return data, dataclasses.replace(info, size_bytes=len(data), sha256=digest)
 
 

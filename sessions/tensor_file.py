@@ -36,7 +36,7 @@ def read_fd(fd: int, size: int) -> bytearray:
     return buf
 
 
-def sha256_hex(buf: bytearray) -> str:
+def sha256_hex(buf: bytes | bytearray | memoryview) -> str:
     """Hex SHA-256 of a buffer."""
     return hashlib.sha256(buf).hexdigest()
 

@@ -323,6 +323,11 @@ class Engine:
 
     def close_session(self, session: Session) -> None:
         """Free a session's KV memory and swap state, release its lock; its handle is dead."""
+        self._close_session(session)
+        trim_heap()  # its buffers are free now: give the memory back (see engine/heap.py)
+
+    def _close_session(self, session: Session) -> None:
+        """`close_session` without giving the heap back (the caller trims once)."""
         with self._lock:
             if session.closed:
                 return
@@ -337,7 +342,6 @@ class Engine:
             self.persistence.forget(session.id)
             session.closed = True
             self.sessions.discard(session)
-        trim_heap()  # its buffers are free now: give the memory back (see engine/heap.py)
 
     def close(self) -> None:
         """Save dirty sessions (if autosave.on_exit), then free every session and the swap files."""
@@ -354,9 +358,10 @@ class Engine:
                                 log.error("could not save session %s on exit: %s", s.name, err)
             finally:
                 for s in list(self.sessions.values()):
-                    self.close_session(s)
+                    self._close_session(s)
                 self.persistence.close()
                 self.closed = True
+        trim_heap()  # once for all the sessions' buffers
 
     def install_signal_handlers(self) -> None:
         """On SIGINT/SIGTERM: save dirty sessions (autosave.on_exit), close, then exit."""

@@ -15,8 +15,7 @@ from agentrt.agent.task import load_task
 from agentrt.cli.main import cli
 from agentrt.errors import TaskFileError
 from agentrt.settings import ENV_KV_DTYPE
-from tests.dms.serving_helpers import tiny_model
-from tests.runtime.tokenizer_fixture import byte_tokenizer
+from tests.runtime.tokenizer_fixture import save_byte_model
 
 
 def invoke(*args: str) -> Result:
@@ -27,13 +26,7 @@ def invoke(*args: str) -> Result:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny DMS model with a byte-level tokenizer, saved as an HF folder."""
-    model = tiny_model(window=3, offset=5.0)
-    tok = byte_tokenizer()
-    model.hf.resize_token_embeddings(len(tok))
-    model.tokenizer = tok
-    path = tmp_path_factory.mktemp("model")
-    model.save_pretrained(path)
-    return path
+    return save_byte_model(tmp_path_factory.mktemp("model"))
 
 
 def _save(model_dir: Path, kv_dtype: str) -> None:

@@ -21,8 +21,7 @@ from agentrt.cli.main import cli
 from agentrt.errors import CheckpointError, SessionError
 from agentrt.sessions import SessionStore, open_catalog
 from agentrt.sessions.chain import chain_of
-from tests.dms.serving_helpers import tiny_model
-from tests.runtime.tokenizer_fixture import byte_tokenizer
+from tests.runtime.tokenizer_fixture import save_byte_model
 
 PROBE = [5, 6, 7]
 LONG = "first line\n" + "x" * 200
@@ -36,13 +35,7 @@ def invoke(*args: str, input: str | None = None) -> Result:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny qneuron DMS model with a byte-level tokenizer, saved as an HF folder."""
-    model = tiny_model(window=3, offset=5.0)
-    tok = byte_tokenizer()
-    model.hf.resize_token_embeddings(len(tok))
-    model.tokenizer = tok
-    path = tmp_path_factory.mktemp("model")
-    model.save_pretrained(path)
-    return path
+    return save_byte_model(tmp_path_factory.mktemp("model"))
 
 
 def engine(model_dir: Path) -> Engine:

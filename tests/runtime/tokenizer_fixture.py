@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
@@ -24,3 +26,15 @@ def byte_tokenizer(vocab_size: int = 300) -> PreTrainedTokenizerFast:
     )
     tok.train_from_iterator(CORPUS * 4, trainer)
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>")
+
+
+def save_byte_model(path: Path) -> Path:
+    """The tiny qneuron DMS model (window 3) with this byte-level tokenizer, saved at path."""
+    from tests.dms.serving_helpers import tiny_model
+
+    model = tiny_model(window=3, offset=5.0)
+    tok = byte_tokenizer()
+    model.hf.resize_token_embeddings(len(tok))
+    model.tokenizer = tok
+    model.save_pretrained(path)
+    return path
