@@ -47,12 +47,12 @@ def backend_for(tensor: torch.Tensor, head_dim: int | None = None) -> Backend:
     return "reference"
 
 
-def torch_prefill_path() -> Literal["sdpa", "reference"]:
-    """Which torch path serves DMS prefill attention off CUDA.
+def torch_path() -> Literal["sdpa", "reference"]:
+    """Which torch path serves prefill and decode attention off CUDA.
 
-    `AGENTRT_KERNELS=reference` keeps the loop-level reference (the test oracle); otherwise
-    the fused-SDPA path (`agentrt.kernels._dms_prefill_sdpa`), same semantics, no float
-    score matrices.
+    `AGENTRT_KERNELS=reference` keeps the pure-torch references (the test oracles);
+    otherwise the fused-SDPA paths (`agentrt.kernels._dms_prefill_sdpa`,
+    `agentrt.kernels._paged_decode_sdpa`), same semantics, no float score matrices.
     """
     mode = os.environ.get("AGENTRT_KERNELS", "auto").strip().lower() or "auto"
     return "reference" if mode == "reference" else "sdpa"

@@ -7,7 +7,7 @@ import importlib
 import torch
 
 from agentrt.kernels import _validate as val
-from agentrt.kernels.dispatch import backend_for, torch_prefill_path
+from agentrt.kernels.dispatch import backend_for, torch_path
 from agentrt.kernels.reference.dms_prefill_attention import (
     dms_prefill_attention as _reference,
 )
@@ -96,7 +96,7 @@ def dms_prefill_attention(
     _check(q, k, v, k_expiry, positions, cu_seqlens, kv_pool, slot_expiry, block_tables, cache_lens)
     args = (q, k, v, k_expiry, positions, cu_seqlens, kv_pool, slot_expiry, block_tables)
     if backend_for(q, head_dim=q.shape[-1]) == "reference":
-        if torch_prefill_path() == "sdpa":
+        if torch_path() == "sdpa":
             from agentrt.kernels._dms_prefill_sdpa import dms_prefill_attention_sdpa
 
             return dms_prefill_attention_sdpa(*args, cache_lens, scale)

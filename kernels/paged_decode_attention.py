@@ -8,7 +8,7 @@ import importlib
 import torch
 
 from agentrt.kernels import _validate as val
-from agentrt.kernels.dispatch import backend_for
+from agentrt.kernels.dispatch import backend_for, torch_path
 from agentrt.kernels.reference.paged_decode_attention import (
     paged_decode_attention as _reference,
 )
@@ -66,6 +66,10 @@ def paged_decode_attention(
         raise ValueError(f"num_splits must be in [1, {MAX_SPLITS}], got {num_splits}")
 
     if backend_for(q, head_dim=q.shape[2]) == "reference":
+        if torch_path() == "sdpa":
+            from agentrt.kernels._paged_decode_sdpa import paged_decode_attention_sdpa
+
+            return paged_decode_attention_sdpa(q, kv_pool, block_tables, cache_lens, scale)
         return _reference(q, kv_pool, block_tables, cache_lens, scale, num_splits)
     val.check_triton_dtype("q", q)
     val.check_triton_dtype("kv_pool", kv_pool)

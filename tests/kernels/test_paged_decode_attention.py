@@ -138,3 +138,21 @@ def test_float64_is_reference_only(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     with pytest.raises(TypeError, match="torch.float64 runs only on the reference backend"):
         paged_decode_attention(*args)
+
+
+@pytest.mark.parametrize("dtype", [*DTYPES, pytest.param(torch.float64, id="fp64")])
+@pytest.mark.parametrize("case", CASES)
+def test_cpu_sdpa_path_matches_reference(
+    case: dict, dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch, poison_alloc: None
+) -> None:
+    """Off CUDA in auto mode the public op runs the fused-SDPA path (NaN in the unused pool
+    slots, empty streams included); it agrees with the oracle and the dense attention."""
+    monkeypatch.delenv("AGENTRT_KERNELS", raising=False)
+    q, cache, scale = _inputs(case, dtype)
+    assert backend_for(q) == "reference"
+    args = (q, cache.kv_pool, cache.block_tables, cache.cache_lens, scale)
+    out = paged_decode_attention(*args, case["splits"])
+    assert out.dtype == dtype and out.shape == q.shape
+    tol = (1e-12, 1e-12) if dtype == torch.float64 else TOLERANCES[dtype]
+    assert_close("sdpa", reference(*args), out, *tol)
+    assert_close("sdpa vs dense", dense_decode(q, cache, scale), out, *tol)
