@@ -45,7 +45,11 @@ def adapter_summary(name: str) -> tuple[str, int | None, float | None]:
     except (OSError, json.JSONDecodeError):
         cfg = {}
     cr = cfg.get("measured_cr")
-    return "DMS adapters (shipped)", cfg.get("dms_window_size"), float(cr) if cr else None
+    lora = cfg.get("lora")
+    flavour = "DMS adapters (shipped)"
+    if isinstance(lora, dict) and lora.get("rank"):
+        flavour = f"DMS adapters + LoRA r{lora['rank']} (shipped)"
+    return flavour, cfg.get("dms_window_size"), float(cr) if cr else None
 
 
 def model_info(name: str, home: Path) -> ModelInfo:

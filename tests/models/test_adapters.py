@@ -154,3 +154,44 @@ def test_unknown_dms_modes_are_refused(shipped: Path) -> None:
 
     with pytest.raises(ConfigError, match="unknown DMS mode 'dense'"):
         load_resolved(TINY, dms="dense", progress=False)
+
+
+def test_shipped_adapters_with_a_lora_merge_it_and_say_so(
+    installed: Path, agentrt_home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shipped folder with a LoRA: served with it merged (weights = base + scale · B A, the
+    fingerprint names the delta), dense without it, and `agentrt models ls` says LoRA r2."""
+    from safetensors.torch import load_file
+
+    from agentrt.models.catalog import adapter_summary
+
+    folder = write_adapters(
+        tmp_path / "shipped" / TINY, kv_heads=2, lora={"rank": 2, "scale": 0.5, "targets": []}
+    )
+    tensors = load_file(str(folder / "adapters.safetensors"))
+    gen = torch.Generator().manual_seed(2)
+    outs = {"q_proj": HIDDEN, "k_proj": 32, "v_proj": 32, "o_proj": HIDDEN}
+    ins = {"q_proj": HIDDEN, "k_proj": HIDDEN, "v_proj": HIDDEN, "o_proj": HIDDEN}
+    for i in range(LAYERS):
+        for name, out_f in outs.items():
+            stem = f"model.layers.{i}.self_attn.{name}.dms_lora_"
+            tensors[stem + "a"] = torch.randn(2, ins[name], generator=gen)
+            tensors[stem + "b"] = torch.randn(out_f, 2, generator=gen)
+    save_file(tensors, str(folder / "adapters.safetensors"))
+    for target in (
+        "agentrt.models.resolve.shipped_adapters",
+        "agentrt.models.catalog.shipped_adapters",
+    ):
+        monkeypatch.setattr(target, lambda name: folder if name == TINY else None)
+
+    model = load_resolved(TINY, progress=False)
+    dense = load_resolved(TINY, dms="off", progress=False)
+    assert model.weight_delta and dense.weight_delta is None
+    stem = "model.layers.1.self_attn.k_proj.dms_lora_"
+    want = dense.hf.model.layers[1].self_attn.k_proj.weight + 0.5 * (
+        tensors[stem + "b"] @ tensors[stem + "a"]
+    )
+    torch.testing.assert_close(
+        model.hf.model.layers[1].self_attn.k_proj.weight, want, atol=1e-6, rtol=0
+    )
+    assert adapter_summary(TINY)[0] == "DMS adapters + LoRA r2 (shipped)"
