@@ -25,19 +25,15 @@ from agentrt.dms.retrofit.report import dense_teacher, serve_block
 from agentrt.errors import ConfigError, ModelLoadError
 from agentrt.sessions import model_fingerprint
 
-from .test_retrofit import build_model_dir, make_config, write_text_data
+from .test_retrofit import (
+    build_model_dir,
+    make_config,
+    one_thread,  # noqa: F401 (its autouse fixture: one torch thread)
+    write_text_data,
+)
 from .tiny_models import clone, random_ids, tiny_hf
 
 ADAPTERS = "adapters"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Any:
-    """One intra-op thread for the module."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="module")
