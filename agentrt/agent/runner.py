@@ -367,10 +367,8 @@ def open_engine(spec: TaskSpec, *, device: str | None = None, **engine: Any) -> 
         from agentrt.dms.policies import make_policy
 
         kwargs["policy"] = make_policy("dense")
-    elif isinstance(spec.dms, dict):
-        from agentrt.dms import DMSConfig
-
-        kwargs["dms"] = DMSConfig.from_dict(spec.dms)
+    elif isinstance(spec.dms, dict):  # only the given fields change the model's own config
+        kwargs["dms"] = dict(spec.dms)
     return Engine.from_pretrained(spec.model, device=device or spec.device, **kwargs)
 
 

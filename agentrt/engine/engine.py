@@ -143,7 +143,7 @@ class Engine:
         *,
         device: str | torch.device | None = "auto",
         dtype: torch.dtype | None = None,
-        dms: DMSConfig | str | None = None,
+        dms: DMSConfig | dict[str, Any] | str | None = None,
         **kwargs: Any,
     ) -> Engine:
         """Load a model (known name, folder or hub id; plain or DMS) and build an engine around it.

@@ -7,6 +7,7 @@ a model folder or a hub id, served as it is.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -66,7 +67,7 @@ def resolve(
 def load_resolved(
     spec: str | Path | None = None,
     *,
-    dms: DMSConfig | str | None = None,
+    dms: DMSConfig | Mapping[str, Any] | str | None = None,
     device: str | torch.device = "cpu",
     dtype: torch.dtype | None = None,
     home: str | Path | None = None,
@@ -76,7 +77,9 @@ def load_resolved(
     """Load the model `spec` names (None: the default) as a DMSModel.
 
     `dms`: None or "on" serves the model's own DMS (a known model: its shipped adapters);
-    "off" serves it dense (no adapters, eviction disabled); a DMSConfig overrides.
+    "off" serves it dense (no adapters, eviction disabled); a DMSConfig overrides; a mapping
+    of some DMSConfig fields (e.g. a task file's `dms: {window_size: 256}`) changes only
+    those fields of the model's own config.
     """
     from agentrt.dms import load_model
     from agentrt.dms.config import DMSConfig
@@ -86,6 +89,11 @@ def load_resolved(
     resolved = resolve(spec, home, progress=progress)
     adapters = resolved.adapters
     config: DMSConfig | None = dms if isinstance(dms, DMSConfig) else None
+    if isinstance(dms, Mapping):
+        own = _own_config(resolved)
+        partial = DMSConfig.from_dict(dict(dms))  # validates the keys and values
+        changes = {k: getattr(partial, k[4:] if k.startswith("dms_") else k) for k in dms}
+        config = own.replace(**changes) if own is not None else partial
     if dms == "off":
         adapters, config = None, _dense_config(resolved.path)
     return load_model(
@@ -96,6 +104,15 @@ def load_resolved(
         dtype=dtype,
         tokenizer=tokenizer,
     )
+
+
+def _own_config(resolved: ResolvedModel) -> Any:
+    """The DMS config the model serves with by itself: its shipped adapters' or its folder's."""
+    from agentrt.dms.loader import detect_dms, read_adapter_folder, resolve_model_dir
+
+    if resolved.adapters is not None:
+        return read_adapter_folder(resolved.adapters)[0]
+    return detect_dms(resolve_model_dir(resolved.path))[0]
 
 
 def _dense_config(path: str) -> Any:

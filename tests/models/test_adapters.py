@@ -195,3 +195,19 @@ def test_shipped_adapters_with_a_lora_merge_it_and_say_so(
         model.hf.model.layers[1].self_attn.k_proj.weight, want, atol=1e-6, rtol=0
     )
     assert adapter_summary(TINY)[0] == "DMS adapters + LoRA r2 (shipped)"
+
+
+def test_a_partial_dms_override_changes_only_its_fields(shipped: Path) -> None:
+    """A task file's `dms: {window_size: 9}` keeps the shipped adapters and their flavour
+    (it used to build a whole default config and was refused as the other flavour)."""
+    model = load_resolved(TINY, dms={"window_size": 9}, progress=False)
+    own = load_resolved(TINY, progress=False)
+    assert model.dms == own.dms.replace(window_size=9) and model.dms.separate_alpha
+    assert torch.equal(
+        model.hf.model.layers[0].self_attn.dms_proj_alpha.weight,
+        own.hf.model.layers[0].self_attn.dms_proj_alpha.weight,
+    )
+    from agentrt.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown DMS config keys"):
+        load_resolved(TINY, dms={"window": 9}, progress=False)
