@@ -163,8 +163,9 @@ def test_readme_commands_are_what_ci_runs() -> None:
 
 
 def _training_state(path: str) -> bool:
-    """Adapter training state kept in the repository between sessions: not shipped."""
-    return fnmatch.fnmatch(path, "agentrt/data/adapters/*/training/*")
+    """Adapter training states kept in the repository between sessions (`training/`,
+    `training-lora/`, ...): not shipped."""
+    return fnmatch.fnmatch(path, "agentrt/data/adapters/*/training*/*")
 
 
 # --- wheel installs (slow) ---------------------------------------------------------------
