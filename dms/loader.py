@@ -207,24 +207,23 @@ def _merge_lora(
     return merge_lora(hf, tensors, float(meta["scale"]))
 
 
-def read_adapter_folder(
-    folder: Path,
-) -> tuple[DMSConfig, dict[str, torch.Tensor], dict[str, Any] | None]:
-    """(DMS config, adapter tensors, LoRA rank/scale or None) of an adapter folder:
-    dms_config.json + adapters.safetensors."""
-    from safetensors.torch import load_file
+def _unreadable_adapters(folder: Path, err: Exception) -> ModelLoadError:
+    """The error for an adapter folder whose config or tensors cannot be read."""
+    return ModelLoadError(
+        f"cannot read the DMS adapters in {folder}: {err}",
+        hint="an adapter folder holds dms_config.json and adapters.safetensors",
+    )
 
+
+def read_adapter_config(folder: Path) -> tuple[DMSConfig, dict[str, Any]]:
+    """(DMS config, the raw mapping) of an adapter folder's dms_config.json, tensors unread."""
     from agentrt.errors import ConfigError
 
-    cfg_file, weights = folder / "dms_config.json", folder / "adapters.safetensors"
+    cfg_file = folder / "dms_config.json"
     try:
         raw = json.loads(cfg_file.read_text())
-        tensors = load_file(str(weights))
-    except (OSError, json.JSONDecodeError, safetensors_error()) as err:
-        raise ModelLoadError(
-            f"cannot read the DMS adapters in {folder}: {err}",
-            hint="an adapter folder holds dms_config.json and adapters.safetensors",
-        ) from err
+    except (OSError, json.JSONDecodeError) as err:
+        raise _unreadable_adapters(folder, err) from err
     try:
         cfg = DMSConfig.from_dict({k: v for k, v in raw.items() if k.startswith("dms_")})
     except ConfigError as err:
@@ -234,6 +233,22 @@ def read_adapter_folder(
             f"{cfg_file}: dms_separate_alpha must be true for an adapter folder",
             hint="adapter folders hold the adapter flavour (dms_proj_alpha tensors)",
         )
+    return cfg, raw
+
+
+def read_adapter_folder(
+    folder: Path,
+) -> tuple[DMSConfig, dict[str, torch.Tensor], dict[str, Any] | None]:
+    """(DMS config, adapter tensors, LoRA rank/scale or None) of an adapter folder:
+    dms_config.json + adapters.safetensors."""
+    from safetensors.torch import load_file
+
+    cfg, raw = read_adapter_config(folder)
+    weights = folder / "adapters.safetensors"
+    try:
+        tensors = load_file(str(weights))
+    except (OSError, safetensors_error()) as err:
+        raise _unreadable_adapters(folder, err) from err
     stray = sorted(k for k in tensors if not is_trained_name(k))
     if stray:
         raise ModelLoadError(f"{weights}: holds tensors that are not DMS adapters: {stray[:4]}")

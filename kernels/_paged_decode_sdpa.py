@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from agentrt.kernels.reference.paged_decode_attention import gather_padded
+
 
 def paged_decode_attention_sdpa(
     q: torch.Tensor,
@@ -33,13 +35,7 @@ def paged_decode_attention_sdpa(
     longest = int(cache_lens.max()) if cache_lens.numel() else 0
     if longest == 0:
         return torch.zeros_like(q)
-    block_size = kv_pool.shape[2]
-    nblk = -(-longest // block_size)
-    blocks = kv_pool[block_tables[:, :, :nblk].long()]  # [S, H_kv, nblk, 2, block_size, D]
-    k = blocks[:, :, :, 0].reshape(num_seqs, num_kv_heads, nblk * block_size, d)[:, :, :longest]
-    v = blocks[:, :, :, 1].reshape(num_seqs, num_kv_heads, nblk * block_size, d)[:, :, :longest]
-    lens = cache_lens.long()
-    valid = torch.arange(longest, device=q.device) < lens[..., None]  # [S, H_kv, L]
+    k, v, valid = gather_padded(kv_pool, block_tables, cache_lens, longest)
     qg = q.view(num_seqs, num_kv_heads, g, d).to(ct)
     mask = valid[:, :, None, :]
     out = F.scaled_dot_product_attention(qg, k.to(ct), v.to(ct), attn_mask=mask, scale=scale)
@@ -49,5 +45,5 @@ def paged_decode_attention_sdpa(
         k = k.to(ct).masked_fill(~valid[..., None], 0.0)
         v = v.to(ct).masked_fill(~valid[..., None], 0.0)
         out = F.scaled_dot_product_attention(qg, k, v, attn_mask=mask, scale=scale)
-        out = torch.where((lens > 0)[:, :, None, None], out, 0.0)  # empty streams: zeros
+        out = torch.where((cache_lens > 0)[:, :, None, None], out, 0.0)  # empty streams: zeros
     return out.reshape(num_seqs, num_q_heads, d).to(q.dtype)

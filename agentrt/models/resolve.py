@@ -108,10 +108,10 @@ def load_resolved(
 
 def _own_config(resolved: ResolvedModel) -> Any:
     """The DMS config the model serves with by itself: its shipped adapters' or its folder's."""
-    from agentrt.dms.loader import detect_dms, read_adapter_folder, resolve_model_dir
+    from agentrt.dms.loader import detect_dms, read_adapter_config, resolve_model_dir
 
     if resolved.adapters is not None:
-        return read_adapter_folder(resolved.adapters)[0]
+        return read_adapter_config(resolved.adapters)[0]
     return detect_dms(resolve_model_dir(resolved.path))[0]
 
 

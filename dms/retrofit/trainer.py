@@ -95,8 +95,8 @@ class Retrofitter:
         if cfg.flavour == "qneuron":
             fresh = self.model if state is None else None
             self.teacher = setup.frozen_teacher(fresh, self.model_dir, self.device)
-        self.trainable = [p for p in self.model.hf.parameters() if p.requires_grad]
         base, lora = setup.split_trainable(self.model.hf)
+        self.trainable = base + lora
         self.optimizer = setup.make_optimizer(base, cfg.lr, lora, cfg.lora_lr)
         if state is not None:
             self.optimizer.load_state_dict(state["optimizer"])

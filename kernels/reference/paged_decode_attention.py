@@ -32,6 +32,21 @@ def gather_stream_expiry(
     return slot_expiry[block_row[:nblk].long()].reshape(-1)[:n]
 
 
+def gather_padded(
+    kv_pool: torch.Tensor, block_tables: torch.Tensor, cache_lens: torch.Tensor, longest: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Every stream's K, V [S, H_kv, longest, D] (pool dtype; padding unmasked) and its
+    validity [S, H_kv, longest] bool, gathered in one indexing per tensor."""
+    num_seqs, num_kv_heads = block_tables.shape[:2]
+    block_size, d = kv_pool.shape[2], kv_pool.shape[3]
+    nblk = -(-longest // block_size)
+    blocks = kv_pool[block_tables[:, :, :nblk].long()]  # [S, H_kv, nblk, 2, block_size, D]
+    k = blocks[:, :, :, 0].reshape(num_seqs, num_kv_heads, nblk * block_size, d)[:, :, :longest]
+    v = blocks[:, :, :, 1].reshape(num_seqs, num_kv_heads, nblk * block_size, d)[:, :, :longest]
+    valid = torch.arange(longest, device=kv_pool.device) < cache_lens[..., None].long()
+    return k, v, valid
+
+
 def paged_decode_attention(
     q: torch.Tensor,
     kv_pool: torch.Tensor,
@@ -54,13 +69,7 @@ def paged_decode_attention(
     longest = int(cache_lens.max()) if cache_lens.numel() else 0
     if longest == 0:
         return torch.zeros_like(q)
-    block_size = kv_pool.shape[2]
-    nblk = -(-longest // block_size)
-    # Gather every stream padded to the longest: [S, H_kv, nblk, 2, block_size, D].
-    blocks = kv_pool[block_tables[:, :, :nblk].long()]
-    k = blocks[:, :, :, 0].reshape(num_seqs, num_kv_heads, nblk * block_size, d)[:, :, :longest]
-    v = blocks[:, :, :, 1].reshape(num_seqs, num_kv_heads, nblk * block_size, d)[:, :, :longest]
-    valid = torch.arange(longest, device=q.device) < cache_lens[..., None].long()  # [S, H_kv, L]
+    k, v, valid = gather_padded(kv_pool, block_tables, cache_lens, longest)
     v = v.to(ct).masked_fill(~valid[..., None], 0.0)  # padding may hold garbage (even NaN)
     qg = q.view(num_seqs, num_kv_heads, g, d).to(ct)
     scores = torch.einsum("shgd,shld->shgl", qg, k.to(ct)) * scale
