@@ -48,11 +48,12 @@ def backend_for(tensor: torch.Tensor, head_dim: int | None = None) -> Backend:
 
 
 def torch_path() -> Literal["sdpa", "reference"]:
-    """Which torch path serves prefill and decode attention off CUDA.
+    """Which torch path serves prefill and decode attention and slot writes off CUDA.
 
     `AGENTRT_KERNELS=reference` keeps the pure-torch references (the test oracles);
     otherwise the fused-SDPA paths (`agentrt.kernels._dms_prefill_sdpa`,
-    `agentrt.kernels._paged_decode_sdpa`), same semantics, no float score matrices.
+    `agentrt.kernels._paged_decode_sdpa`), same semantics, no float score matrices, and
+    slot writes as indexed copies on flat views (`agentrt.kernels._kv_slots_torch`).
     """
     mode = os.environ.get("AGENTRT_KERNELS", "auto").strip().lower() or "auto"
     return "reference" if mode == "reference" else "sdpa"

@@ -7,7 +7,7 @@ import importlib
 import torch
 
 from agentrt.kernels import _validate as val
-from agentrt.kernels.dispatch import backend_for
+from agentrt.kernels.dispatch import backend_for, torch_path
 from agentrt.kernels.reference.write_kv_slots import write_kv_slots as _reference
 
 
@@ -44,6 +44,11 @@ def write_kv_slots(
     )
     k, v = k.to(kv_pool.dtype), v.to(kv_pool.dtype)  # the storage dtype (no-op when equal)
     if backend_for(kv_pool, head_dim=head_dim) == "reference":
+        if torch_path() == "sdpa":  # off CUDA: indexed copies on flat views
+            from agentrt.kernels._kv_slots_torch import write_kv_slots_flat
+
+            write_kv_slots_flat(kv_pool, slot_expiry, slot_mapping, k, v, expiry)
+            return
         _reference(kv_pool, slot_expiry, slot_mapping, k, v, expiry)
         return
     val.check_triton_dtype("kv_pool", kv_pool)

@@ -40,9 +40,11 @@ def gather_padded(
     num_seqs, num_kv_heads = block_tables.shape[:2]
     block_size, d = kv_pool.shape[2], kv_pool.shape[3]
     nblk = -(-longest // block_size)
-    blocks = kv_pool[block_tables[:, :, :nblk].long()]  # [S, H_kv, nblk, 2, block_size, D]
-    k = blocks[:, :, :, 0].reshape(num_seqs, num_kv_heads, nblk * block_size, d)[:, :, :longest]
-    v = blocks[:, :, :, 1].reshape(num_seqs, num_kv_heads, nblk * block_size, d)[:, :, :longest]
+    idx = block_tables[:, :, :nblk].long()
+    # K and V gathered apart ([S, H_kv, nblk, block_size, D] each, contiguous): the reshape
+    # is a view, so each plane is copied once instead of gathered whole and then split.
+    k = kv_pool[:, 0][idx].reshape(num_seqs, num_kv_heads, nblk * block_size, d)[:, :, :longest]
+    v = kv_pool[:, 1][idx].reshape(num_seqs, num_kv_heads, nblk * block_size, d)[:, :, :longest]
     valid = torch.arange(longest, device=kv_pool.device) < cache_lens[..., None].long()
     return k, v, valid
 

@@ -1,4 +1,4 @@
-"""write_kv_slots / copy_kv_slots: reference and Triton vs a plain per-row Python loop."""
+"""write_kv_slots / copy_kv_slots: reference, CPU torch path and Triton vs a per-row Python loop."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from tests.kernels._assert import assert_close
 
 BACKENDS = [
     pytest.param("reference", id="reference"),
+    pytest.param("torch", id="torch"),  # AGENTRT_KERNELS=auto on CPU tensors: the flat-view path
     pytest.param("triton", id="triton"),
 ]
 DTYPES = [
@@ -27,6 +28,8 @@ DTYPES = [
 def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     if request.param == "triton":
         request.getfixturevalue("triton_interpret")
+    elif request.param == "torch":
+        monkeypatch.setenv("AGENTRT_KERNELS", "auto")
     else:
         monkeypatch.setenv("AGENTRT_KERNELS", "reference")
     return request.param
@@ -41,21 +44,28 @@ def _pool(num_blocks: int, block_size: int, d: int, dtype: torch.dtype, gen: tor
 @pytest.mark.parametrize("backend", BACKENDS, indirect=True)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(
-    ("n", "d", "bs", "src_dtype"),
+    ("n", "d", "bs", "src_dtype", "skip"),
     [
-        pytest.param(0, 64, 16, None, id="empty"),
-        pytest.param(1, 128, 16, None, id="one-d128"),
-        pytest.param(37, 80, 12, None, id="n37-d80-bs12"),
-        pytest.param(20, 64, 8, torch.float32, id="cast-from-fp32"),
+        pytest.param(0, 64, 16, None, False, id="empty"),
+        pytest.param(1, 128, 16, None, False, id="one-d128"),
+        pytest.param(37, 80, 12, None, True, id="n37-d80-bs12-skips"),
+        pytest.param(48, 64, 16, None, False, id="n48-all-written"),
+        pytest.param(20, 64, 8, torch.float32, True, id="cast-from-fp32"),
     ],
 )
 def test_write_kv_slots(
-    n: int, d: int, bs: int, src_dtype: torch.dtype | None, dtype: torch.dtype, backend: str
+    n: int,
+    d: int,
+    bs: int,
+    src_dtype: torch.dtype | None,
+    skip: bool,
+    dtype: torch.dtype,
+    backend: str,
 ) -> None:
     gen = torch.Generator().manual_seed(n)
     kv_pool, slot_expiry = _pool(9, bs, d, dtype, gen)
     slots = torch.randperm(9 * bs, generator=gen)[:n]
-    if n > 3:
+    if skip:
         slots[::4] = -1  # skipped rows
     k = torch.randn(n, d, generator=gen).to(src_dtype or dtype)
     v = torch.randn(n, d, generator=gen).to(src_dtype or dtype)
