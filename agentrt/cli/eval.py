@@ -30,7 +30,12 @@ from agentrt.cli.options import device_option, dms_option, model_option, resolve
     help="Cache policies (dms = the model's own decisions).",
 )
 @click.option(
-    "--cr", "crs", default="2,4,8", show_default=True, help="Compression ratios for the baselines."
+    "--cr",
+    "crs",
+    default="2,4,8",
+    show_default=True,
+    help="Compression ratios for the baselines; dms adds the ratio DMS achieved on each task "
+    "and length (DMS runs first).",
 )
 @click.option("--n", "n_items", default=20, show_default=True, help="Items per task and length.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the items (held-out split).")
@@ -136,6 +141,7 @@ def eval_cmd(
             batch_size=batch_size,
             prefill_chunk=chunk,
             progress=progress,
+            match_dms=spec.match_dms,
         )
     if text is not None:
         result.config["text_file"] = str(text_file)
@@ -149,6 +155,7 @@ def eval_cmd(
             chunk=chunk,
             progress=progress,
             result=result,
+            match_dms=spec.match_dms,
         )
     result.config["command"] = " ".join(["agentrt", *sys.argv[1:]])
     result.config["model"] = settings.model

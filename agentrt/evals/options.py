@@ -30,6 +30,7 @@ class EvalSpec:
     n_items: int = 20
     seed: int = 0
     max_new_tokens: int = 64
+    match_dms: bool = False  # also run each baseline at the CR DMS achieved (--cr dms)
 
     def __post_init__(self) -> None:
         problems = spec_problems(self)
@@ -37,7 +38,11 @@ class EvalSpec:
             raise ConfigError("; ".join(problems), hint=_HINT)
 
     def conditions(self) -> list[Condition]:
-        """dense at CR 1, dms at the model's own CR, each baseline at every CR."""
+        """dense at CR 1, dms at the model's own CR, each baseline at every CR.
+
+        With `match_dms` the runner adds each baseline at the CR DMS achieved on the same
+        task and length, once DMS has run (see `agentrt.evals.runner.evaluate`).
+        """
         out: list[Condition] = []
         for policy in self.policies:
             if policy == "dense":
@@ -51,7 +56,7 @@ class EvalSpec:
 
 _HINT = (
     f"tasks: {', '.join(TASKS)}; policies: {', '.join(POLICY_NAMES)}; lengths like 1k,4k or 1500 "
-    f"(>= {MIN_LENGTH}); compression ratios >= 1 like 2,4,8"
+    f"(>= {MIN_LENGTH}); compression ratios >= 1 like 2,4,8, or dms (the ratio DMS achieved)"
 )
 
 
@@ -68,8 +73,10 @@ def spec_problems(spec: EvalSpec) -> list[str]:
     ):
         if not values:
             problems.append(f"no {key} given")
-    if not spec.crs and any(p in BASELINES for p in spec.policies):
+    if not spec.crs and not spec.match_dms and any(p in BASELINES for p in spec.policies):
         problems.append("the baselines need at least one compression ratio (--cr)")
+    if spec.match_dms and "dms" not in spec.policies:
+        problems.append("--cr dms (the ratio DMS achieved) needs the dms policy")
     if spec.n_items < 1:
         problems.append(f"n={spec.n_items} must be >= 1")
     if spec.max_new_tokens < 1:
@@ -110,13 +117,16 @@ def parse_spec(
         except ConfigError as err:
             problems.append(err.message)
     parsed_crs: list[float] = []
-    for part in split_list(crs):
+    parts = split_list(crs)
+    match_dms = any(p.lower() == "dms" for p in parts)
+    parts = tuple(p for p in parts if p.lower() != "dms")
+    for part in parts:
         try:
             parsed_crs.append(float(part.rstrip("xX")))
         except ValueError:
             problems.append(f"compression ratio {part!r} is not a number")
     bad_lengths = len(parsed_lengths) < len(split_list(lengths))
-    bad_crs = len(parsed_crs) < len(split_list(crs))
+    bad_crs = len(parsed_crs) < len(parts)
     spec = None
     try:  # a placeholder stands in for a list that failed to parse, so it is not "empty"
         spec = EvalSpec(
@@ -127,6 +137,7 @@ def parse_spec(
             n_items=n_items,
             seed=seed,
             max_new_tokens=max_new_tokens,
+            match_dms=match_dms,
         )
     except ConfigError as err:
         problems.append(err.message)

@@ -15,7 +15,7 @@ from agentrt.evals.generation import (
     conversation_bound,
     serve,
 )
-from agentrt.evals.options import EvalSpec
+from agentrt.evals.options import BASELINES, EvalSpec
 from agentrt.evals.render import token_counter
 from agentrt.evals.result import Condition, EvalResult, Row
 from agentrt.evals.tasks import TASKS, Item, item_seed
@@ -74,8 +74,13 @@ def evaluate(
     batch_size: int = 8,
     prefill_chunk: int = 512,
     progress: bool = False,
+    match_dms: bool = False,
 ) -> EvalResult:
     """Accuracy and achieved compression per task × length × policy × CR (greedy decoding).
+
+    `match_dms` also runs every baseline at the ratio DMS achieved on the same task and
+    length (rounded to 2 decimals), so the comparison is at equal compression: DMS runs
+    first there.
 
     Items are rendered with the tokenizer's chat template (plain fallback without one),
     prefilled in chunks of `prefill_chunk` tokens and decoded greedily token by token,
@@ -90,6 +95,7 @@ def evaluate(
         n_items=n_items,
         seed=seed,
         max_new_tokens=max_new_tokens,
+        match_dms=match_dms,
     )
     gen = GenerationConfig(max_new_tokens=max_new_tokens, prefill_chunk=prefill_chunk)
     if not isinstance(batch_size, int) or batch_size < 1:
@@ -107,15 +113,23 @@ def evaluate(
     _note_long_prompts(result, items, model, gen)
     from tqdm.auto import tqdm
 
-    total = sum(len(v) for v in items.values()) * len(conditions)
+    matched = [p for p in spec.policies if p in BASELINES] if spec.match_dms else []
+    if not any(c.policy == "dms" for c in conditions):
+        matched = []  # nothing to match (a plain model: noted above)
+    per_item = len(conditions) + len(matched)
+    total = sum(len(v) for v in items.values()) * per_item
     with tqdm(total=total, desc="eval", unit="item", disable=not progress) as bar:
         for (task, length), task_items in items.items():
-            for cond in conditions:
+            queue = sorted(conditions, key=lambda c: c.policy != "dms") if matched else conditions
+            for cond in queue:
                 records = _run_condition(
                     model, tokenizer, task_items, cond, length, gen, batch_size, bar
                 )
                 result.items.extend(records)
                 result.rows.append(_row(task, length, cond, records))
+                if cond.policy == "dms" and matched:
+                    ratio = max(1.0, round(result.rows[-1].achieved_cr, 2))
+                    queue.extend(Condition(p, ratio) for p in matched)
     return result
 
 

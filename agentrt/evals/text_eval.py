@@ -33,8 +33,11 @@ def evaluate_text(
     chunk: int = CHUNK,
     progress: bool = False,
     result: EvalResult | None = None,
+    match_dms: bool = False,
 ) -> EvalResult:
     """Perplexity and KL(dense ‖ policy) on the first L tokens of `text`, for each L in lengths.
+
+    `match_dms` also scores every baseline at the ratio DMS achieved on that length.
 
     A text shorter than L is scored whole (once, at its own length). Position t predicts
     token t + 1; the KL is averaged over those T − 1 positions, in nats. The text is fed
@@ -70,8 +73,14 @@ def evaluate_text(
         )
     from tqdm.auto import tqdm
 
+    matched = [p for p in dict.fromkeys(policies) if p not in ("dense", "dms")]
     for n in tqdm(scored, desc="text", unit="length", disable=not progress):
         rows = _score_length(model, ids[:n], conds, chunk)
+        dms_rows = [r for r in rows if r.policy == "dms"]
+        if match_dms and matched and dms_rows:
+            ratio = max(1.0, round(dms_rows[0].achieved_cr, 2))
+            again = [Condition("dense", 1.0), *(Condition(p, ratio) for p in matched)]
+            rows += _score_length(model, ids[:n], again, chunk)[1:]
         result.text_rows.extend(r for r in rows if r.policy != "dense" or "dense" in policies)
     return result
 

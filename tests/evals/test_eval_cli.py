@@ -82,6 +82,7 @@ def test_text_mode_alone_and_model_from_the_environment(
         (["--cr", "0.5"], "below 1"),
         (["--n", "0"], "n=0"),
         (["--chunk", "0"], "--chunk 0"),
+        (["--policies", "dense,tova", "--cr", "dms"], "--cr dms"),
     ],
 )
 def test_bad_options_exit_2_before_loading_a_model(

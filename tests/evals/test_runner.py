@@ -140,6 +140,35 @@ def test_spec_validation_lists_every_problem() -> None:
     assert set(POLICY_NAMES) == set(DMS_POLICY_NAMES)
     with pytest.raises(ConfigError, match="at least one compression ratio"):
         parse_spec(tasks="niah", lengths="1k", policies="tova", crs="")
+    matched = parse_spec(tasks="niah", lengths="1k", policies="dms,tova", crs="DMS")
+    assert matched.match_dms and matched.crs == ()
+    with pytest.raises(ConfigError, match="needs the dms policy"):
+        parse_spec(tasks="niah", lengths="1k", policies="dense,tova", crs="dms,4")
+
+
+def test_baselines_run_at_the_ratio_dms_achieved() -> None:
+    model = tiny_eval_model(dms=True, window=8)
+    result = evaluate(
+        model,
+        model.tokenizer,
+        tasks=["niah"],
+        lengths=[300],
+        policies=["dense", "streaming", "dms", "tova"],
+        crs=[2],
+        n_items=2,
+        max_new_tokens=3,
+        match_dms=True,
+    )
+    labels = [(r.policy, r.cr) for r in result.rows]
+    dms = result.rows[0]
+    ratio = round(dms.achieved_cr, 2)
+    assert dms.policy == "dms" and ratio > 1.2
+    assert labels[1:] == [
+        ("dense", 1.0), ("streaming", 2.0), ("tova", 2.0), ("streaming", ratio), ("tova", ratio)
+    ]  # fmt: skip
+    for row in result.rows[-2:]:  # the budget follows the matched ratio
+        assert row.budget == slot_budget(300, ratio)
+        assert row.achieved_cr == pytest.approx(ratio, rel=0.15)
 
 
 def test_the_oracle_also_scores_through_the_plain_fallback_format() -> None:

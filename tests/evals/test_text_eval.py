@@ -77,3 +77,16 @@ def test_dms_model_text_mode() -> None:
         evaluate_text(dms, dms.tokenizer, TEXT, lengths=[256], policies=["dms"], crs=[])
     )
     assert set(rows) == {"dms"} and rows["dms"].achieved_cr > 1.2 and rows["dms"].kl > 0
+
+
+def test_text_mode_matches_the_baselines_to_the_dms_ratio() -> None:
+    dms = tiny_eval_model(dms=True, window=8)
+    result = evaluate_text(
+        dms, dms.tokenizer, TEXT, lengths=[256], policies=["dms", "window"], crs=[2],
+        match_dms=True,
+    )  # fmt: skip
+    rows = [(r.policy, r.cr) for r in result.text_rows]
+    ratio = round(result.text_rows[0].achieved_cr, 2)
+    assert rows == [("dms", None), ("window", 2.0), ("window", ratio)]
+    assert result.text_rows[-1].achieved_cr == pytest.approx(ratio, rel=0.1)
+    assert result.text_rows[-1].kl > 0
