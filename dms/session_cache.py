@@ -164,45 +164,42 @@ class SessionCache:
             return self.plan_decode(layer, start, first.tolist())
         w, ring = self.window, self.ring_len
         last = start + num_new - 1  # the position of the last query of this step
-        flags_l = flags.tolist()
+        flags_np = flags.numpy()  # [T, H_kv]
         first_l = first.tolist()
+        ring_slots = self.ring_slot[layer].numpy()  # [H, W] views: writes go to the cache
+        ring_flags = self.ring_flag[layer].numpy()
+        pos = np.arange(start, start + num_new)
+        recent = np.arange(max(0, start - ring), start)  # cached tokens still in the ring
         for h in range(self.num_kv_heads):
-            ring_slot = self.ring_slot[layer, h]
-            ring_flag = self.ring_flag[layer, h]
+            ring_slot, ring_flag = ring_slots[h], ring_flags[h]
             # 1. the owed decision: token start−1 is marked by this chunk's first decision
             if start > 0 and first_l[h]:
                 r = (start - 1) % ring
                 ring_flag[r] = True
-                slot = int(ring_slot[r])
-                plan.flag_slots.append(self._writable(layer, h, slot))
+                plan.flag_slots.append(self._writable(layer, h, int(ring_slot[r])))
                 plan.flag_values.append(start - 1 + w)
             # 2. cached window tokens whose expiry passes before the last query leave
-            holes = []
-            for p in range(max(0, start - ring), start):
-                r = p % ring
-                if ring_flag[r] and p + w < last:
-                    holes.append(int(ring_slot[r]))
-            holes.sort()
+            r_old = recent % ring
+            holes = np.sort(ring_slot[r_old][ring_flag[r_old] & (recent + w < last)])
             # 3. new tokens visible to the last query survive
-            survivors = [i for i in range(num_new) if not flags_l[i][h] or start + i + w >= last]
-            n = self.lens[layer][h]
-            targets = holes[: len(survivors)] + list(
-                range(n, n + max(0, len(survivors) - len(holes)))
-            )
-            new_len = n + max(0, len(survivors) - len(holes))
+            marked = flags_np[:, h]
+            survivors = np.nonzero(~marked | (pos + w >= last))[0]
+            n, kept = self.lens[layer][h], len(survivors)
+            grow = max(0, kept - len(holes))
+            targets = np.concatenate([holes[:kept], np.arange(n, n + grow, dtype=holes.dtype)])
+            new_len = n + grow
             self._grow(layer, h, new_len)
-            for i, slot in zip(survivors, targets, strict=True):
-                pos = start + i
-                plan.write_slots.append(self._writable(layer, h, slot))
-                plan.write_tokens.append(i)
-                plan.write_heads.append(h)
-                plan.write_expiry.append(pos + w if flags_l[i][h] else KEEP_FOREVER)
-                plan.write_pos.append(pos)
-                if pos >= start + num_new - ring:
-                    ring_slot[pos % ring] = slot
-                    ring_flag[pos % ring] = bool(flags_l[i][h])
+            s_pos, s_marked = pos[survivors], marked[survivors]
+            plan.write_slots.extend(self._writable_many(layer, h, targets))
+            plan.write_tokens.extend(survivors.tolist())
+            plan.write_heads.extend([h] * kept)
+            plan.write_expiry.extend(np.where(s_marked, s_pos + w, KEEP_FOREVER).tolist())
+            plan.write_pos.extend(s_pos.tolist())
+            ringed = s_pos >= start + num_new - ring  # the newest W tokens enter the ring
+            ring_slot[s_pos[ringed] % ring] = targets[ringed]
+            ring_flag[s_pos[ringed] % ring] = s_marked[ringed]
             # 4. more holes than survivors: move tail slots down so slots stay dense
-            rest = holes[len(survivors) :]
+            rest = holes[kept:].tolist()
             if rest:
                 new_len = self._compact(layer, h, n, rest, plan)
             self.lens[layer][h] = new_len
@@ -335,6 +332,14 @@ class SessionCache:
         if self.pool.is_shared(b):
             blocks[slot // bs] = self.pool.copy_on_write(b)
         return blocks[slot // bs] * bs + slot % bs
+
+    def _writable_many(self, layer: int, head: int, slots: np.ndarray) -> list[int]:
+        """`_writable` of each slot (in order); one vectorised lookup when nothing is shared."""
+        if self.forked:  # blocks may be shared: copy-on-write slot by slot
+            return [self._writable(layer, head, int(slot)) for slot in slots]
+        bs = self.pool.block_size
+        blocks = np.asarray(self.blocks[layer][head], dtype=np.int64)
+        return (blocks[slots // bs] * bs + slots % bs).tolist()
 
     def _grow(self, layer: int, head: int, slots: int) -> None:
         blocks = self.blocks[layer][head]
