@@ -4,7 +4,10 @@ Parts: `config` (HF config without dms_* and volatile keys), `weights` (the mode
 weight files, or the tensors), `tokenizer`, `chat_template`, `dms_config`, `dtype`, and
 `weight_delta` when shipped adapters merged a LoRA into the weights. A
 checkpoint records every part, so a refusal names exactly what changed. Weight-file
-digests are cached in `<cache_dir>/fingerprints.json` keyed by path, size and mtime.
+digests are cached in `<cache_dir>/fingerprints.json` keyed by path, size and mtime; so is
+the tokenizer's digest when the tokenizer was loaded from the model folder (keyed by its
+files' sizes and mtimes and its class, length and special tokens), since hashing a
+tokenizer's vocabulary costs more than restoring a whole session.
 
 torch and transformers are never imported here: the model is only duck-typed.
 """
@@ -105,12 +108,14 @@ def model_fingerprint(
     dms = getattr(model, "dms", None)
     if model_dir is not None:
         weights = "files:" + weight_files_digest(Path(model_dir), cache_dir=cache_dir)
+        tokens = cached_tokenizer_digest(tokenizer, Path(model_dir), cache_dir=cache_dir)
     else:
         weights = "tensors:" + state_dict_digest(model)
+        tokens = tokenizer_digest(tokenizer)
     parts = {
         "config": config_digest(model.hf.config),
         "weights": weights,
-        "tokenizer": tokenizer_digest(tokenizer),
+        "tokenizer": tokens,
         "chat_template": _text_or_none(getattr(tokenizer, "chat_template", None)),
         "dms_config": NONE if dms is None else _sha256_json(dms.to_hf_dict()),
         "dtype": str(model.dtype).removeprefix("torch."),
@@ -188,6 +193,64 @@ def tokenizer_digest(tokenizer: Any) -> str:
     return _sha256_json(spec)
 
 
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+)
+
+
+def cached_tokenizer_digest(tokenizer: Any, model_dir: Path, *, cache_dir: Path | None) -> str:
+    """`tokenizer_digest`, reused from `cache_dir` while the tokenizer's stamp holds.
+
+    Only a tokenizer loaded from `model_dir` has a stamp (its files' names, sizes and
+    mtimes there, plus its class, length and special tokens, so tokens added in memory
+    count); any other is hashed every time.
+    """
+    stamp = _tokenizer_stamp(tokenizer, model_dir) if cache_dir is not None else None
+    if stamp is None:
+        return tokenizer_digest(tokenizer)
+    cache = _FileDigestCache(cache_dir)
+    digest = cache.memo(
+        f"tokenizer:{model_dir.resolve()}", stamp, lambda: tokenizer_digest(tokenizer)
+    )
+    cache.save()
+    return digest
+
+
+def _tokenizer_stamp(tokenizer: Any, model_dir: Path) -> str | None:
+    """What a cached tokenizer digest is valid for, or None when it did not come from model_dir."""
+    source = getattr(tokenizer, "name_or_path", None)
+    if tokenizer is None or not source:
+        return None
+    try:
+        if Path(source).resolve() != model_dir.resolve():
+            return None
+        files = []
+        for name in TOKENIZER_FILES:
+            path = model_dir / name
+            if path.is_file():
+                st = path.stat()
+                files.append([name, st.st_size, st.st_mtime_ns])
+    except OSError:
+        return None
+    if not files:
+        return None
+    special = sorted(str(t) for t in getattr(tokenizer, "all_special_tokens", []))
+    return _sha256_json(
+        {
+            "files": files,
+            "class": type(tokenizer).__name__,
+            "len": len(tokenizer),
+            "special": special,
+        }
+    )
+
+
 class _FileDigestCache:
     """Per-file SHA-256 digests in `<cache_dir>/fingerprints.json`, valid while size/mtime hold."""
 
@@ -195,14 +258,28 @@ class _FileDigestCache:
         """Read the cache file (a missing or unreadable one is an empty cache)."""
         self.path = None if cache_dir is None else Path(cache_dir) / CACHE_FILE
         self.entries: dict[str, dict[str, Any]] = {}
+        self.memos: dict[str, dict[str, Any]] = {}  # digests of in-memory objects, by stamp
         self.dirty = False
         if self.path is not None and self.path.is_file():
             try:
                 data = json.loads(self.path.read_text())
                 if data.get("version") == CACHE_VERSION:
                     self.entries = dict(data["files"])
+                    self.memos = dict(data.get("memos", {}))
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
-                self.entries = {}
+                self.entries, self.memos = {}, {}
+
+    def memo(self, key: str, stamp: str, compute: Any) -> str:
+        """The digest stored under `key` if its stamp matches, else `compute()` (then stored)."""
+        entry = self.memos.get(key)
+        if isinstance(entry, dict) and entry.get("stamp") == stamp:
+            value = entry.get("sha256")
+            if isinstance(value, str):
+                return value
+        value = compute()
+        self.memos[key] = {"stamp": stamp, "sha256": value}
+        self.dirty = True
+        return value
 
     def digest(self, path: Path) -> str:
         """Digest of `path`, from the cache when (path, size, mtime_ns) match."""
@@ -225,7 +302,7 @@ class _FileDigestCache:
         """Write the cache back crash-safely when something changed."""
         if self.path is None or not self.dirty:
             return
-        data = {"version": CACHE_VERSION, "files": self.entries}
+        data = {"version": CACHE_VERSION, "files": self.entries, "memos": self.memos}
         write_bytes_atomic(self.path, json.dumps(data, indent=1, sort_keys=True).encode())
         self.dirty = False
 
@@ -250,6 +327,7 @@ def _sha256_json(value: Any) -> str:
 __all__ = [
     "PART_NAMES",
     "Fingerprint",
+    "cached_tokenizer_digest",
     "config_digest",
     "hash_file",
     "model_fingerprint",

@@ -155,3 +155,37 @@ def test_corrupt_cache_file_is_ignored_and_rewritten(model_dir: Path, tmp_path: 
 def test_folder_without_weights_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="no weight files"):
         model_fingerprint(_model(), model_dir=tmp_path)
+
+
+def test_tokenizer_digest_is_cached_for_a_tokenizer_loaded_from_the_model_folder(
+    model_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    model = _model()
+    model.tokenizer.save_pretrained(model_dir)
+    model.tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir)
+    cache_dir = tmp_path / "home"
+    real, calls = fingerprint_mod.tokenizer_digest, []
+
+    def counted(tok):
+        calls.append(tok)
+        return real(tok)
+
+    monkeypatch.setattr(fingerprint_mod, "tokenizer_digest", counted)
+    first = model_fingerprint(model, model_dir=model_dir, cache_dir=cache_dir)
+    assert len(calls) == 1 and first.parts["tokenizer"] == real(model.tokenizer)
+    assert model_fingerprint(model, model_dir=model_dir, cache_dir=cache_dir) == first
+    assert len(calls) == 1  # the second fingerprint reused the digest
+    model.tokenizer.add_tokens(["w_new"])  # changed in memory: its length is in the stamp
+    grown = model_fingerprint(model, model_dir=model_dir, cache_dir=cache_dir)
+    assert len(calls) == 2 and first.diff(grown) == ["tokenizer"]
+    assert grown.parts["tokenizer"] == real(model.tokenizer)
+    model.tokenizer = PreTrainedTokenizerFast.from_pretrained(model_dir)
+    tok_file = model_dir / "tokenizer.json"
+    st = tok_file.stat()
+    os.utime(tok_file, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # touched: hash again
+    assert model_fingerprint(model, model_dir=model_dir, cache_dir=cache_dir) == first
+    assert len(calls) == 3
+    model.tokenizer = tiny_tokenizer(words=50)  # not from the folder: never cached
+    other = model_fingerprint(model, model_dir=model_dir, cache_dir=cache_dir)
+    model_fingerprint(model, model_dir=model_dir, cache_dir=cache_dir)
+    assert len(calls) == 5 and first.diff(other) == ["tokenizer"]
