@@ -73,11 +73,22 @@ def plot_text(result: EvalResult, path: str | Path) -> Path:
     return _save(fig, path)
 
 
+MIN_SPAN = 2.5  # the x axis spans at least this factor, so nearly equal ratios plot together
+
+
 def _log2_axis(ax) -> None:
-    """A base-2 log x axis labelled 1, 2, 4, 8 (not 2^k)."""
+    """A base-2 log x axis labelled 1, 2, 4, 8 (not 2^k), at least MIN_SPAN wide.
+
+    Without the floor, points at one ratio (6.169 and 6.170) would be drawn at opposite
+    edges of an axis that spans only their rounding difference.
+    """
     from matplotlib.ticker import FuncFormatter
 
     ax.set_xscale("log", base=2)
+    lo, hi = ax.get_xlim()
+    if lo > 0 and hi / lo < MIN_SPAN:
+        mid = (lo * hi) ** 0.5
+        ax.set_xlim(mid / MIN_SPAN**0.5, mid * MIN_SPAN**0.5)
     ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
 
 

@@ -90,3 +90,24 @@ def test_text_mode_matches_the_baselines_to_the_dms_ratio() -> None:
     assert rows == [("dms", None), ("window", 2.0), ("window", ratio)]
     assert result.text_rows[-1].achieved_cr == pytest.approx(ratio, rel=0.1)
     assert result.text_rows[-1].kl > 0
+
+
+def test_plots_keep_nearly_equal_ratios_together(tmp_path, monkeypatch) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from agentrt.evals.plot import MIN_SPAN, plot_text
+    from agentrt.evals.result import EvalResult, TextRow
+
+    result = EvalResult()
+    for policy, cr, kl in (("dense", 1.0, 0.0), ("dms", 6.169, 0.05), ("tova", 6.170, 0.11)):
+        result.text_rows.append(TextRow(8192, policy, cr, None, 7.0, 2.0, kl, cr))
+    limits, close = [], plt.close
+    monkeypatch.setattr(
+        plt, "close", lambda fig: (limits.append(fig.axes[0].get_xlim()), close(fig))
+    )
+    path = plot_text(result, tmp_path / "text.png")
+    lo, hi = limits[0]
+    assert path.stat().st_size > 0 and hi / lo >= MIN_SPAN * 0.999 and lo < 6.169 < 6.170 < hi
