@@ -223,6 +223,7 @@ def _config(spec: EvalSpec, model: Any, batch_size: int) -> dict[str, Any]:
         "lengths": list(spec.lengths),
         "policies": list(spec.policies),
         "crs": list(spec.crs),
+        "match_dms": spec.match_dms,
         "n_items": spec.n_items,
         "seed": spec.seed,
         "max_new_tokens": spec.max_new_tokens,

@@ -159,6 +159,7 @@ def test_baselines_run_at_the_ratio_dms_achieved() -> None:
         max_new_tokens=3,
         match_dms=True,
     )
+    assert result.config["match_dms"] is True
     labels = [(r.policy, r.cr) for r in result.rows]
     dms = result.rows[0]
     ratio = round(dms.achieved_cr, 2)
