@@ -76,6 +76,7 @@ def run_decode(
     progress: Any = None,
 ) -> dict[str, Any]:
     """Decode tokens/s per concurrency level for every variant, with paired ratios."""
+    check_positions(models.dense.arch.max_positions, context, steps, repeats + warmup)
     rows = []
     for n in sessions:
         variants: dict[str, Any] = {}
@@ -110,6 +111,23 @@ def run_decode(
             )
         rows.append(row)
     return {"suite": "decode", "rows": rows, "repeats": repeats, "warmup": warmup}
+
+
+def check_positions(limit: int, context: int, steps: int, rounds: int) -> None:
+    """Refuse, before any prefill, a run whose sessions would outgrow the model's positions.
+
+    A session holds the context, the first token taken from its prefill, then `steps`
+    tokens per round.
+    """
+    from agentrt.errors import ConfigError
+
+    need = context + 1 + steps * rounds
+    if limit and need > limit:
+        raise ConfigError(
+            f"decode: a {context}-token context, 1 first token and {steps} steps × {rounds} "
+            f"rounds need {need} positions, beyond the model's {limit}",
+            hint=f"use --context {limit - (need - context)} or less (or fewer steps or repeats)",
+        )
 
 
 def decode_table(result: dict[str, Any]) -> str:

@@ -67,6 +67,16 @@ def test_decode_counts_tokens_per_forward_pass_on_every_side(model_dir, tmp_path
         assert row["ratio_vs_hf"]["agentrt DMS"]["n"] == 2
 
 
+def test_decode_refuses_a_context_the_model_cannot_continue(model_dir, tmp_path) -> None:
+    limit = json.loads((model_dir / "config.json").read_text())["max_position_embeddings"]
+    args = ["--context", str(limit - 6), "--steps", "3", "--repeats", "1", "--warmup", "1"]
+    result = CliRunner().invoke(
+        cli, ["bench", "decode", "--model", str(model_dir), "--device", "cpu", *args]
+    )
+    assert result.exit_code == 2, result.output  # 7 more positions needed, 6 left
+    assert f"--context {limit - 7} or less" in result.output
+
+
 def test_prefill_compares_dms_dense_and_hf(model_dir, tmp_path) -> None:
     data = _bench(model_dir, tmp_path, "prefill", "--lengths", "9,30", "--repeats", "2")
     assert [r["tokens"] for r in data["rows"]] == [9, 30]
