@@ -199,9 +199,13 @@ TOKENIZER_FILES = (
     "special_tokens_map.json",
     "added_tokens.json",
     "vocab.json",
+    "vocab.txt",
     "merges.txt",
     "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
 )
+TOKENIZER_DIGEST_VERSION = 1  # bump when `tokenizer_digest` changes: cached values then expire
 
 
 def cached_tokenizer_digest(tokenizer: Any, model_dir: Path, *, cache_dir: Path | None) -> str:
@@ -245,10 +249,23 @@ def _tokenizer_stamp(tokenizer: Any, model_dir: Path) -> str | None:
         {
             "files": files,
             "class": type(tokenizer).__name__,
+            "library": _library_version(tokenizer),  # a new release may digest differently
             "len": len(tokenizer),
             "special": special,
+            "method": TOKENIZER_DIGEST_VERSION,
         }
     )
+
+
+def _library_version(obj: Any) -> str:
+    """'transformers 5.25.0' for an object of that package (its name alone when not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    top = type(obj).__module__.split(".")[0]
+    try:
+        return f"{top} {version(top)}"
+    except PackageNotFoundError:
+        return top
 
 
 class _FileDigestCache:

@@ -123,10 +123,13 @@ def check_positions(limit: int, context: int, steps: int, rounds: int) -> None:
 
     need = context + 1 + steps * rounds
     if limit and need > limit:
+        room = limit - (need - context)  # the longest context that still fits
         raise ConfigError(
             f"decode: a {context}-token context, 1 first token and {steps} steps × {rounds} "
             f"rounds need {need} positions, beyond the model's {limit}",
-            hint=f"use --context {limit - (need - context)} or less (or fewer steps or repeats)",
+            hint=f"use --context {room} or less (or fewer steps or repeats)"
+            if room >= 1
+            else "use fewer --steps or --repeats: the decoded tokens alone do not fit",
         )
 
 

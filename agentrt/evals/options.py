@@ -44,7 +44,7 @@ class EvalSpec:
         task and length, once DMS has run (see `agentrt.evals.runner.evaluate`).
         """
         out: list[Condition] = []
-        for policy in self.policies:
+        for policy in dict.fromkeys(self.policies):  # a policy named twice runs once
             if policy == "dense":
                 out.append(Condition("dense", 1.0))
             elif policy == "dms":

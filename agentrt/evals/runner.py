@@ -113,11 +113,11 @@ def evaluate(
     _note_long_prompts(result, items, model, gen)
     from tqdm.auto import tqdm
 
-    matched = [p for p in spec.policies if p in BASELINES] if spec.match_dms else []
-    if not any(c.policy == "dms" for c in conditions):
-        matched = []  # nothing to match (a plain model: noted above)
-    per_item = len(conditions) + len(matched)
-    total = sum(len(v) for v in items.values()) * per_item
+    matched = [p for p in dict.fromkeys(spec.policies) if p in BASELINES] if spec.match_dms else []
+    if matched and not any(c.policy == "dms" for c in conditions):
+        matched = []  # a plain model has no DMS ratio to match
+        result.notes.append("the baselines at the DMS ratio (--cr dms) skipped with dms")
+    total = sum(len(v) for v in items.values()) * (len(conditions) + len(matched))
     with tqdm(total=total, desc="eval", unit="item", disable=not progress) as bar:
         for (task, length), task_items in items.items():
             queue = sorted(conditions, key=lambda c: c.policy != "dms") if matched else conditions
@@ -129,7 +129,11 @@ def evaluate(
                 result.rows.append(_row(task, length, cond, records))
                 if cond.policy == "dms" and matched:
                     ratio = max(1.0, round(result.rows[-1].achieved_cr, 2))
-                    queue.extend(Condition(p, ratio) for p in matched)
+                    extra = [Condition(p, ratio) for p in matched]
+                    fresh = [c for c in extra if c not in queue]  # a ratio asked for already
+                    queue.extend(fresh)
+                    bar.total -= (len(extra) - len(fresh)) * len(task_items)
+                    bar.refresh()
     return result
 
 

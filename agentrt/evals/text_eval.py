@@ -73,14 +73,19 @@ def evaluate_text(
         )
     from tqdm.auto import tqdm
 
+    result.config["match_dms"] = match_dms
     matched = [p for p in dict.fromkeys(policies) if p not in ("dense", "dms")]
+    if match_dms and matched and not model.evicting:
+        result.notes.append("text: the baselines at the DMS ratio (--cr dms) skipped with dms")
     for n in tqdm(scored, desc="text", unit="length", disable=not progress):
         rows = _score_length(model, ids[:n], conds, chunk)
         dms_rows = [r for r in rows if r.policy == "dms"]
         if match_dms and matched and dms_rows:
             ratio = max(1.0, round(dms_rows[0].achieved_cr, 2))
-            again = [Condition("dense", 1.0), *(Condition(p, ratio) for p in matched)]
-            rows += _score_length(model, ids[:n], again, chunk)[1:]
+            again = [Condition("dense", 1.0)]
+            again += [Condition(p, ratio) for p in matched if Condition(p, ratio) not in conds]
+            if len(again) > 1:
+                rows += _score_length(model, ids[:n], again, chunk)[1:]
         result.text_rows.extend(r for r in rows if r.policy != "dense" or "dense" in policies)
     return result
 

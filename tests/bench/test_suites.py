@@ -75,6 +75,11 @@ def test_decode_refuses_a_context_the_model_cannot_continue(model_dir, tmp_path)
     )
     assert result.exit_code == 2, result.output  # 7 more positions needed, 6 left
     assert f"--context {limit - 7} or less" in result.output
+    steps = ["--context", "10", "--steps", str(limit), "--repeats", "1", "--warmup", "0"]
+    result = CliRunner().invoke(
+        cli, ["bench", "decode", "--model", str(model_dir), "--device", "cpu", *steps]
+    )
+    assert result.exit_code == 2 and "use fewer --steps or --repeats" in result.output
 
 
 def test_prefill_compares_dms_dense_and_hf(model_dir, tmp_path) -> None:

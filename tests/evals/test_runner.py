@@ -170,6 +170,19 @@ def test_baselines_run_at_the_ratio_dms_achieved() -> None:
     for row in result.rows[-2:]:  # the budget follows the matched ratio
         assert row.budget == slot_budget(300, ratio)
         assert row.achieved_cr == pytest.approx(ratio, rel=0.15)
+    # a policy named twice runs once; a matched ratio that was asked for already is not rerun
+    again = evaluate(
+        model, model.tokenizer, tasks=["niah"], lengths=[300],
+        policies=["dms", "streaming", "streaming", "dms"], crs=[ratio], n_items=2,
+        max_new_tokens=3, match_dms=True,
+    )  # fmt: skip
+    assert [(r.policy, r.cr) for r in again.rows] == [("dms", None), ("streaming", ratio)]
+    plain = tiny_eval_model()
+    skipped = evaluate(
+        plain, plain.tokenizer, tasks=["niah"], lengths=[300], policies=["dms", "tova"],
+        crs=[], n_items=1, max_new_tokens=2, match_dms=True,
+    )  # fmt: skip
+    assert skipped.rows == [] and any("--cr dms" in note for note in skipped.notes)
 
 
 def test_the_oracle_also_scores_through_the_plain_fallback_format() -> None:

@@ -90,6 +90,7 @@ def test_text_mode_matches_the_baselines_to_the_dms_ratio() -> None:
     assert rows == [("dms", None), ("window", 2.0), ("window", ratio)]
     assert result.text_rows[-1].achieved_cr == pytest.approx(ratio, rel=0.1)
     assert result.text_rows[-1].kl > 0
+    assert result.config["match_dms"] is True
 
 
 def test_plots_keep_nearly_equal_ratios_together(tmp_path, monkeypatch) -> None:
