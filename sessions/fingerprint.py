@@ -106,9 +106,11 @@ def model_fingerprint(
     """
     tokenizer = getattr(model, "tokenizer", None)
     dms = getattr(model, "dms", None)
-    if model_dir is not None:
-        weights = "files:" + weight_files_digest(Path(model_dir), cache_dir=cache_dir)
-        tokens = cached_tokenizer_digest(tokenizer, Path(model_dir), cache_dir=cache_dir)
+    if model_dir is not None:  # one read and at most one write of the cache file
+        cache = _FileDigestCache(cache_dir)
+        weights = "files:" + _weight_files_digest(Path(model_dir), cache)
+        tokens = _cached_tokenizer_digest(tokenizer, Path(model_dir), cache)
+        cache.save()
     else:
         weights = "tensors:" + state_dict_digest(model)
         tokens = tokenizer_digest(tokenizer)
@@ -160,15 +162,21 @@ def tensors_sha256(tensors: dict[str, Any]) -> str:
 
 def weight_files_digest(model_dir: Path, *, cache_dir: Path | None = None) -> str:
     """SHA-256 over the sorted (relative name, file digest) of the folder's weight files."""
+    cache = _FileDigestCache(cache_dir)
+    digest = _weight_files_digest(model_dir, cache)
+    cache.save()
+    return digest
+
+
+def _weight_files_digest(model_dir: Path, cache: _FileDigestCache) -> str:
+    """`weight_files_digest` with per-file digests from (and into) `cache`, unsaved."""
     files = sorted({p for pattern in WEIGHT_PATTERNS for p in model_dir.glob(pattern)})
     if not files:
         raise ModelLoadError(
             f"no weight files ({', '.join(WEIGHT_PATTERNS)}) in model folder {model_dir}",
             hint="pass the folder the model was loaded from, or model_dir=None to hash tensors",
         )
-    cache = _FileDigestCache(cache_dir)
     lines = [f"{p.name}:{cache.digest(p)}" for p in files]
-    cache.save()
     return _sha256_text("\n".join(lines))
 
 
@@ -215,15 +223,19 @@ def cached_tokenizer_digest(tokenizer: Any, model_dir: Path, *, cache_dir: Path 
     mtimes there, plus its class, length and special tokens, so tokens added in memory
     count); any other is hashed every time.
     """
-    stamp = _tokenizer_stamp(tokenizer, model_dir) if cache_dir is not None else None
-    if stamp is None:
-        return tokenizer_digest(tokenizer)
     cache = _FileDigestCache(cache_dir)
-    digest = cache.memo(
-        f"tokenizer:{model_dir.resolve()}", stamp, lambda: tokenizer_digest(tokenizer)
-    )
+    digest = _cached_tokenizer_digest(tokenizer, model_dir, cache)
     cache.save()
     return digest
+
+
+def _cached_tokenizer_digest(tokenizer: Any, model_dir: Path, cache: _FileDigestCache) -> str:
+    """`cached_tokenizer_digest` from (and into) `cache`, unsaved; no cache file: hashed."""
+    stamp = _tokenizer_stamp(tokenizer, model_dir) if cache.path is not None else None
+    if stamp is None:
+        return tokenizer_digest(tokenizer)
+    key = f"tokenizer:{model_dir.resolve()}"
+    return cache.memo(key, stamp, lambda: tokenizer_digest(tokenizer))
 
 
 def _tokenizer_stamp(tokenizer: Any, model_dir: Path) -> str | None:
