@@ -6,6 +6,7 @@ Imports neither torch nor transformers, so the CLI validates before loading a mo
 from __future__ import annotations
 
 import re
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 from agentrt.errors import ConfigError
@@ -52,6 +53,19 @@ class EvalSpec:
             else:
                 out.extend(Condition(policy, cr) for cr in self.crs)
         return out
+
+
+MATCH_SKIPPED = "the baselines at the DMS ratio (--cr dms) skipped with dms"
+
+
+def matched_conditions(
+    policies: Sequence[str], achieved_cr: float, taken: Collection[Condition]
+) -> list[Condition]:
+    """Each baseline among `policies` at the ratio DMS achieved (2 decimals, at least 1),
+    less the conditions in `taken` (a ratio asked for already runs once)."""
+    ratio = max(1.0, round(achieved_cr, 2))
+    wanted = (Condition(p, ratio) for p in dict.fromkeys(policies) if p in BASELINES)
+    return [c for c in wanted if c not in taken]
 
 
 _HINT = (

@@ -15,7 +15,7 @@ from agentrt.evals.generation import (
     conversation_bound,
     serve,
 )
-from agentrt.evals.options import BASELINES, EvalSpec
+from agentrt.evals.options import BASELINES, MATCH_SKIPPED, EvalSpec, matched_conditions
 from agentrt.evals.render import token_counter
 from agentrt.evals.result import Condition, EvalResult, Row
 from agentrt.evals.tasks import TASKS, Item, item_seed
@@ -116,7 +116,7 @@ def evaluate(
     matched = [p for p in dict.fromkeys(spec.policies) if p in BASELINES] if spec.match_dms else []
     if matched and not any(c.policy == "dms" for c in conditions):
         matched = []  # a plain model has no DMS ratio to match
-        result.notes.append("the baselines at the DMS ratio (--cr dms) skipped with dms")
+        result.notes.append(MATCH_SKIPPED)
     total = sum(len(v) for v in items.values()) * (len(conditions) + len(matched))
     with tqdm(total=total, desc="eval", unit="item", disable=not progress) as bar:
         for (task, length), task_items in items.items():
@@ -128,11 +128,9 @@ def evaluate(
                 result.items.extend(records)
                 result.rows.append(_row(task, length, cond, records))
                 if cond.policy == "dms" and matched:
-                    ratio = max(1.0, round(result.rows[-1].achieved_cr, 2))
-                    extra = [Condition(p, ratio) for p in matched]
-                    fresh = [c for c in extra if c not in queue]  # a ratio asked for already
+                    fresh = matched_conditions(matched, result.rows[-1].achieved_cr, queue)
                     queue.extend(fresh)
-                    bar.total -= (len(extra) - len(fresh)) * len(task_items)
+                    bar.total -= (len(matched) - len(fresh)) * len(task_items)
                     bar.refresh()
     return result
 

@@ -15,7 +15,7 @@ import torch
 
 from agentrt.dms.serving import StepItem
 from agentrt.errors import ConfigError
-from agentrt.evals.options import POLICY_NAMES
+from agentrt.evals.options import BASELINES, MATCH_SKIPPED, POLICY_NAMES, matched_conditions
 from agentrt.evals.result import Condition, EvalResult, TextRow
 from agentrt.evals.runner import BLOCK_SIZE, build_policy
 
@@ -74,18 +74,15 @@ def evaluate_text(
     from tqdm.auto import tqdm
 
     result.config["match_dms"] = match_dms
-    matched = [p for p in dict.fromkeys(policies) if p not in ("dense", "dms")]
-    if match_dms and matched and not model.evicting:
-        result.notes.append("text: the baselines at the DMS ratio (--cr dms) skipped with dms")
+    matched = [p for p in dict.fromkeys(policies) if p in BASELINES] if match_dms else []
+    if matched and not model.evicting:
+        result.notes.append(f"text: {MATCH_SKIPPED}")
     for n in tqdm(scored, desc="text", unit="length", disable=not progress):
         rows = _score_length(model, ids[:n], conds, chunk)
         dms_rows = [r for r in rows if r.policy == "dms"]
-        if match_dms and matched and dms_rows:
-            ratio = max(1.0, round(dms_rows[0].achieved_cr, 2))
-            again = [Condition("dense", 1.0)]
-            again += [Condition(p, ratio) for p in matched if Condition(p, ratio) not in conds]
-            if len(again) > 1:
-                rows += _score_length(model, ids[:n], again, chunk)[1:]
+        fresh = matched_conditions(matched, dms_rows[0].achieved_cr, conds) if dms_rows else []
+        if fresh:  # dense first: the KL reference
+            rows += _score_length(model, ids[:n], [Condition("dense", 1.0), *fresh], chunk)[1:]
         result.text_rows.extend(r for r in rows if r.policy != "dense" or "dense" in policies)
     return result
 
