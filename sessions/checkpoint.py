@@ -31,7 +31,7 @@ from agentrt.sessions.atomic import (
     write_safetensors_atomic,
 )
 from agentrt.sessions.fingerprint import Fingerprint, tensors_sha256
-from agentrt.sessions.tensor_file import parse_with_digest, read_fd, sha256_hex
+from agentrt.sessions.tensor_file import parse_with_digest, read_fd, sha256_hex, sha256_started
 
 if TYPE_CHECKING:
     import torch
@@ -435,17 +435,23 @@ def read_verified(
             raise CheckpointError(
                 f"checkpoint file {path} cannot be read: {err}", hint="retry"
             ) from None
-        if expected_sha256 is not None:
-            digest = sha256_hex(buf)
+        # the file's digest (on a thread) and the tensors' content digest are two passes
+        # over the same bytes; they run side by side, and a wrong file digest is reported first
+        file_digest = sha256_started(buf) if expected_sha256 is not None else None
+        try:
+            header, tensors, content = parse_with_digest(buf)
+            unreadable = None
+        except ValueError as err:
+            unreadable = err
+        if file_digest is not None:
+            digest = file_digest()
             if digest != expected_sha256.lower():
                 raise _corrupt(
                     path,
                     f"sha256 {digest[:16]}… does not match the recorded {expected_sha256[:16]}…",
                 )
-        try:
-            header, tensors, content = parse_with_digest(buf)
-        except ValueError as err:
-            raise _corrupt(path, f"not a readable safetensors file ({err})") from None
+        if unreadable is not None:
+            raise _corrupt(path, f"not a readable safetensors file ({unreadable})") from None
     finally:
         os.close(fd)
     if not path.exists() or _identity(os.stat(path)) != _identity(before):

@@ -1,5 +1,8 @@
 """The catalog database: engine setup, Alembic migrations, schema checks.
 
+Alembic is imported only to migrate or to name revisions other than the head: opening a
+catalog that is already current reads `alembic_version` with one query and compares it
+with `HEAD_REVISION`, so a process that resumes a session does not pay Alembic's import.
 Nothing here reads the environment: the runtime resolves the URL (`agentrt.settings`)
 and passes it in. A SQLite catalog runs in WAL mode with foreign keys on, and its folder
 and file are created owner-only (0700/0600): it holds the user's conversations
@@ -13,15 +16,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
-from alembic.script.revision import RevisionError
-from alembic.util.exc import CommandError
-from sqlalchemy import Connection, Engine, create_engine, inspect
+from sqlalchemy import Connection, Engine, create_engine, inspect, text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError, DBAPIError, NoSuchModuleError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -48,7 +45,14 @@ from agentrt.sessions.sqlite import (
     uncreatable_reason,
 )
 
+if TYPE_CHECKING:
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+# The newest revision under migrations/versions; tests check it against Alembic's own view.
+HEAD_REVISION = "0003_placements"
+VERSION_TABLE = "alembic_version"  # Alembic's default, which migrations/env.py keeps
 # Alembic's `context` and `op` are process-global proxies: one migration at a time per process.
 _MIGRATION_LOCK = threading.RLock()
 
@@ -94,6 +98,8 @@ def make_engine(url: str | URL) -> Engine:
 
 def alembic_config(connection: Connection | None = None) -> Config:
     """An Alembic `Config` built in code (no alembic.ini), optionally bound to `connection`."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(MIGRATIONS_DIR))
     if connection is not None:
@@ -103,9 +109,7 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 def head_revision() -> str:
     """The newest revision shipped with this agentrt."""
-    head = _script().get_current_head()
-    assert head is not None, f"no Alembic revisions under {MIGRATIONS_DIR}"
-    return head
+    return HEAD_REVISION
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -199,6 +203,8 @@ def _migrate(db: str | URL | Engine, revision: str, *, up: bool) -> str | None:
                 f"cannot migrate: schema revision {current} is newer than this agentrt",
                 hint="upgrade agentrt instead",
             )
+        from alembic import command
+
         goal = _resolve(current, revision)
         if goal == current:
             return current
@@ -243,6 +249,9 @@ def _migrate(db: str | URL | Engine, revision: str, *, up: bool) -> str | None:
 
 def _resolve(current: str | None, revision: str) -> str | None:
     """The revision id that `revision` ("head", "base", "+N", "-N" or an id) names."""
+    from alembic.script.revision import RevisionError
+    from alembic.util.exc import CommandError
+
     script = _script()
     try:
         if revision == "base":
@@ -271,17 +280,35 @@ def _chain() -> list[str]:
 def _read_state(conn: Connection) -> tuple[str | None, set[str]]:
     """The revision and the catalog tables present, read in one transaction."""
     with conn.begin():
-        revision = MigrationContext.configure(conn).get_current_revision()
+        revision = _version_row(conn)
         present = set(inspect(conn).get_table_names()) & set(Base.metadata.tables)
     return revision, present
 
 
 def _read_revision(conn: Connection) -> str | None:
     with conn.begin():
-        return MigrationContext.configure(conn).get_current_revision()
+        return _version_row(conn)
+
+
+def _version_row(conn: Connection) -> str | None:
+    """The revision in Alembic's version table (None when it is missing or empty)."""
+    if not inspect(conn).has_table(VERSION_TABLE):
+        return None
+    rows = conn.execute(text(f"SELECT version_num FROM {VERSION_TABLE}")).scalars().all()
+    if len(rows) > 1:
+        raise DatabaseError(
+            f"the catalog records several schema revisions ({', '.join(sorted(rows))}); "
+            "agentrt keeps one linear history",
+            hint="restore a backup (*.bak-*) or point agentrt at another database",
+        )
+    return rows[0] if rows else None
 
 
 def _is_known(revision: str) -> bool:
+    if revision == HEAD_REVISION:
+        return True
+    from alembic.util.exc import CommandError
+
     try:
         return _script().get_revision(revision) is not None
     except CommandError:
@@ -289,6 +316,8 @@ def _is_known(revision: str) -> bool:
 
 
 def _script() -> ScriptDirectory:
+    from alembic.script import ScriptDirectory
+
     return ScriptDirectory.from_config(alembic_config())
 
 
@@ -326,6 +355,7 @@ def _migration_connection(engine: Engine, action: str) -> Iterator[Connection]:
 __all__ = [
     "MIGRATIONS_DIR",
     "UPGRADE_COMMAND",
+    "HEAD_REVISION",
     "DatabaseStatus",
     "alembic_config",
     "current_revision",

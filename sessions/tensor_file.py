@@ -12,12 +12,15 @@ import hashlib
 import json
 import os
 import struct
+import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     import torch
 
 _MAX_HEADER = 100 << 20  # safetensors' own limit on the JSON header
+_THREAD_MIN = 4 << 20  # below this a hashing thread costs more than it saves
 
 
 def read_fd(fd: int, size: int) -> bytearray:
@@ -39,6 +42,26 @@ def read_fd(fd: int, size: int) -> bytearray:
 def sha256_hex(buf: bytes | bytearray | memoryview) -> str:
     """Hex SHA-256 of a buffer."""
     return hashlib.sha256(buf).hexdigest()
+
+
+def sha256_started(buf: bytes | bytearray | memoryview) -> Callable[[], str]:
+    """Start hashing `buf`; calling the result returns its hex SHA-256.
+
+    A large buffer is hashed on a thread (hashlib releases the GIL), so a second pass over
+    the same bytes, such as the content digest of `parse_with_digest`, runs beside it.
+    """
+    if len(buf) < _THREAD_MIN:
+        digest = sha256_hex(buf)
+        return lambda: digest
+    out: list[str] = []
+    thread = threading.Thread(target=lambda: out.append(sha256_hex(buf)), daemon=True)
+    thread.start()
+
+    def result() -> str:
+        thread.join()
+        return out[0]
+
+    return result
 
 
 def _dtypes() -> dict[str, torch.dtype]:
@@ -138,4 +161,4 @@ def _empty(dtype: torch.dtype) -> torch.Tensor:
     return _EMPTY[dtype]
 
 
-__all__ = ["parse_safetensors", "parse_with_digest", "read_fd", "sha256_hex"]
+__all__ = ["parse_safetensors", "parse_with_digest", "read_fd", "sha256_hex", "sha256_started"]

@@ -67,7 +67,14 @@ class ResumeBench:
         return Sample(seconds, self.tokens)
 
     def new_process(self) -> Sample:
-        """A fresh Python process loads the model, then its first open_session is timed."""
+        """A fresh process loads the model as the CLI does, then its first open_session is timed."""
+        return self._child(prefetch=True)
+
+    def new_process_cold(self) -> Sample:
+        """The same, without importing the catalog during the load: the open pays that too."""
+        return self._child(prefetch=False)
+
+    def _child(self, *, prefetch: bool) -> Sample:
         args = {
             "path": self.models.path,
             "adapters": str(self.models.adapters) if self.models.adapters else "",
@@ -77,6 +84,7 @@ class ResumeBench:
             "name": "resume",
             "kv_budget": self.kv_budget,
             "kv_dtype": self.kv_dtype,
+            "prefetch": prefetch,
         }
         cmd = [sys.executable, "-m", "agentrt.bench.resume_child", json.dumps(args)]
         done = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=1800)
@@ -118,6 +126,7 @@ def run_resume(
             ]
             if new_process and models.path is not None:
                 cases.append(Case("disk, new process", bench.new_process))
+                cases.append(Case("disk, new process, catalog cold", bench.new_process_cold))
             samples = interleaved(
                 cases,
                 repeats=repeats,

@@ -1,7 +1,10 @@
 """A fresh process that loads the model and times its first `open_session` (resume suite).
 
 Run as `python -m agentrt.bench.resume_child '<json>'` with keys path, adapters, dms
-("on"|"off"), device, home, name; prints one JSON line {"open_seconds", "tokens"}.
+("on"|"off"), device, home, name, kv_budget, kv_dtype and prefetch; prints one JSON line
+{"open_seconds", "tokens"}. With prefetch the catalog's modules are imported on a thread
+while the weights load, as `Engine.from_pretrained` (so every CLI command) does; without
+it the first `open_session` pays that import too.
 """
 
 from __future__ import annotations
@@ -18,7 +21,11 @@ def main(argv: list[str]) -> None:
 
     from agentrt.dms import load_model
     from agentrt.engine import Engine
+    from agentrt.engine.persistence import prefetch_catalog
     from agentrt.models.resolve import load_resolved
+
+    if args.get("prefetch", True):
+        prefetch_catalog()
 
     device = torch.device(args["device"])
     if args["adapters"]:

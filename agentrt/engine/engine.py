@@ -153,6 +153,7 @@ class Engine:
         """
         from agentrt.dms.kv_dtype import resolve_kv_dtype
         from agentrt.engine.limits import check_kv_budget
+        from agentrt.engine.persistence import prefetch_catalog
         from agentrt.models.resolve import load_resolved
         from agentrt.settings import kv_dtype_setting
 
@@ -163,6 +164,7 @@ class Engine:
         resolve_kv_dtype(
             kv_dtype if kv_dtype is not None else kv_dtype_setting(), dtype or torch.float32, dev
         )
+        prefetch_catalog()  # the catalog's imports overlap the weights' loading
         loaded = load_resolved(model, dms=dms, device=dev, dtype=dtype, home=kwargs.get("home"))
         return cls(loaded, **kwargs)
 

@@ -106,6 +106,7 @@ def test_resume_routes_bring_back_the_whole_session(model_dir, tmp_path) -> None
         "disk, new engine",
         "CPU memory",
         "disk, new process",
+        "disk, new process, catalog cold",
     }
     assert row["checkpoint_bytes"] > row["kv_bytes"] * 0.5 and row["save_seconds"] > 0
     assert set(row["speedup_vs_reprefill"]) == set(row["variants"]) - {"re-prefill"}

@@ -346,3 +346,27 @@ def test_batch_migration_keeps_child_rows(
                 assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
         finally:
             engine.dispose()
+
+
+def test_opening_a_current_catalog_does_not_import_alembic(tmp_path) -> None:
+    """A catalog at head opens with a plain version query: Alembic is left unimported."""
+    import subprocess
+    import sys
+
+    db = f"sqlite:///{tmp_path}/c.db"
+    upgrade(db)
+    code = (
+        "import sys; from agentrt.sessions import open_catalog, SessionStore; "
+        f"SessionStore(open_catalog({db!r})).list_sessions(); "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'alembic'))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_several_version_rows_are_refused(engine: Engine) -> None:
+    upgrade(engine)
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO alembic_version (version_num) VALUES ('0002')"))
+    with pytest.raises(DatabaseError, match="several schema revisions"):
+        current_revision(engine)

@@ -9,7 +9,7 @@ from safetensors.torch import save
 
 from agentrt.sessions.atomic import safetensors_bytes
 from agentrt.sessions.fingerprint import tensors_sha256
-from agentrt.sessions.tensor_file import parse_safetensors, parse_with_digest
+from agentrt.sessions.tensor_file import parse_safetensors, parse_with_digest, sha256_started
 
 
 def sample() -> dict[str, torch.Tensor]:
@@ -51,3 +51,13 @@ def test_malformed_bytes_are_refused_with_a_reason() -> None:
     bad[8] = ord("[")
     with pytest.raises(ValueError, match="JSON"):
         parse_safetensors(bad)
+
+
+@pytest.mark.parametrize("size", [100, 5 << 20])  # hashed inline, and on a thread
+def test_sha256_started_equals_hashlib(size: int) -> None:
+    import hashlib
+
+    buf = bytearray(torch.randint(0, 256, (size,), dtype=torch.uint8).numpy().tobytes())
+    result = sha256_started(buf)
+    assert result() == hashlib.sha256(buf).hexdigest()
+    assert result() == hashlib.sha256(buf).hexdigest()  # asking twice is fine
