@@ -117,7 +117,9 @@ class KVPool:
         return 0 <= n <= len(self._free)
 
     def allocate(self, n: int) -> list[int]:
-        """Take `n` blocks (refcount 1, metadata reset to UNUSED); all or nothing, else BudgetError."""
+        """Take `n` blocks (refcount 1, metadata reset to UNUSED, K/V zeroed); all or nothing,
+        else BudgetError. Zeroed K/V keep every slot of a held block finite, so a gather that
+        reads a block whole (the CPU decode path) never meets NaN garbage in its padding."""
         assert n >= 0, f"allocate(n={n}): n must be >= 0"
         free = len(self._free)
         if n > free:
@@ -135,6 +137,7 @@ class KVPool:
             index = torch.tensor(blocks, dtype=torch.long).to(self.device)
             self.slot_expiry.index_fill_(0, index, UNUSED)
             self.slot_pos.index_fill_(0, index, UNUSED)
+            self.kv.index_fill_(0, index, 0)
         return blocks
 
     def free(self, blocks: Iterable[int]) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from agentrt.dms.architecture import ArchSpec
@@ -21,6 +22,51 @@ class LayerQKV:
     logits: torch.Tensor | None  # [B, T, H_kv] decision logits z = s·r − b (None: no DMS)
 
 
+# HF RMSNorm classes whose forward is w · (x · rsqrt(mean(x²) + eps)) computed in fp32
+STANDARD_RMS_NORMS = frozenset({"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm"})
+
+
+# HF MLP classes whose forward is down(act(gate(x)) · up(x))
+STANDARD_MLPS = frozenset({"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP"})
+
+
+def _plain(module: nn.Module) -> bool:
+    """No hooks on the module: calling its math directly is what calling it would do."""
+    return not (module._forward_hooks or module._forward_pre_hooks)
+
+
+def rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`norm(x)` for an HF RMSNorm; in fp32 without autograd through torch's fused
+    `rms_norm` (the same result, a third of the small ops), else the module itself."""
+    w = getattr(norm, "weight", None)
+    if (
+        x.dtype == torch.float32
+        and w is not None
+        and w.dtype == torch.float32
+        and not torch.is_grad_enabled()
+        and type(norm).__name__ in STANDARD_RMS_NORMS
+        and _plain(norm)
+    ):
+        return F.rms_norm(x, (x.shape[-1],), w, norm.variance_epsilon)
+    return norm(x)
+
+
+def linear(proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`proj(x)`; a plain `nn.Linear` outside autograd is applied without the module call
+    (a decode step makes ~8 of these per layer; a LoRA-wrapped projection stays a call)."""
+    if type(proj) is nn.Linear and not torch.is_grad_enabled() and _plain(proj):
+        return F.linear(x, proj.weight, proj.bias)
+    return proj(x)
+
+
+def mlp(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """`block(x)` for an HF gated MLP, its three projections through `linear`."""
+    if type(block).__name__ in STANDARD_MLPS and not torch.is_grad_enabled() and _plain(block):
+        gate = linear(block.gate_proj, x)
+        return linear(block.down_proj, block.act_fn(gate) * linear(block.up_proj, x))
+    return block(x)
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     """Rotate the two halves of the last dimension (HF's RoPE convention)."""
     half = x.shape[-1] // 2
@@ -32,6 +78,20 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     cos = cos.unsqueeze(2)
     sin = sin.unsqueeze(2)
     return x * cos + rotate_half(x) * sin
+
+
+def signed_rope(cos: torch.Tensor, sin: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [B, T, d] → the factors of `apply_signed_rope`, [B, T, 1, d] each (built once
+    per forward instead of once per layer)."""
+    half = sin.shape[-1] // 2
+    signed = torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+    return cos.unsqueeze(2), signed.unsqueeze(2)
+
+
+def apply_signed_rope(x: torch.Tensor, cos: torch.Tensor, signed_sin: torch.Tensor) -> torch.Tensor:
+    """`apply_rope` with factors from `signed_rope`: x·cos + roll(x)·(±sin) is the same
+    arithmetic as x·cos + rotate_half(x)·sin (the sign moves from x to sin), in 4 ops not 8."""
+    return x * cos + x.roll(x.shape[-1] // 2, dims=-1) * signed_sin
 
 
 def qneuron_keep_mask(arch: ArchSpec, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
@@ -51,26 +111,30 @@ def rope_tables(
 def project_layer(
     layer: nn.Module,
     h: torch.Tensor,
-    cos: torch.Tensor,
-    sin: torch.Tensor,
+    cos: torch.Tensor | None,
+    sin: torch.Tensor | None,
     arch: ArchSpec,
     dms: DMSConfig | None,
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> LayerQKV:
-    """q/k/v after RoPE and decision logits for residual stream h [B, T, hidden] (pre-norm)."""
+    """q/k/v after RoPE and decision logits for residual stream h [B, T, hidden] (pre-norm).
+
+    `rope`: `signed_rope(cos, sin)` built once for all layers (then cos, sin are unused).
+    """
     bsz, seq = h.shape[:2]
     attn = layer.self_attn
-    x = layer.input_layernorm(h)
-    q = attn.q_proj(x).view(bsz, seq, arch.num_heads, arch.head_dim)
-    k = attn.k_proj(x).view(bsz, seq, arch.num_kv_heads, arch.head_dim)
-    v = attn.v_proj(x).view(bsz, seq, arch.num_kv_heads, arch.head_dim)
+    x = rms_norm(layer.input_layernorm, h)
+    q = linear(attn.q_proj, x).view(bsz, seq, arch.num_heads, arch.head_dim)
+    k = linear(attn.k_proj, x).view(bsz, seq, arch.num_kv_heads, arch.head_dim)
+    v = linear(attn.v_proj, x).view(bsz, seq, arch.num_kv_heads, arch.head_dim)
     if arch.has_qk_norm:
-        q = attn.q_norm(q)
-        k = attn.k_norm(k)
+        q = rms_norm(attn.q_norm, q)
+        k = rms_norm(attn.k_norm, k)
     logits = None
     keep = None
     if dms is not None:
         if dms.separate_alpha:
-            raw = attn.dms_proj_alpha(attn.dms_proj_alpha_norm(h))  # [B, T, H_kv]
+            raw = linear(attn.dms_proj_alpha, rms_norm(attn.dms_proj_alpha_norm, h))  # [B, T, H_kv]
         else:
             raw = q[:, :, :: arch.group_size, arch.head_dim - 1]  # [B, T, H_kv]
             keep = qneuron_keep_mask(arch, q.device, q.dtype)
@@ -78,9 +142,9 @@ def project_layer(
         logits = raw.float() * dms.alpha_scale - dms.initial_alpha_offset
         if dms.alpha_per == "layer":
             logits = logits[..., :1].expand_as(logits)
-    q, k = apply_rope(torch.cat((q, k), dim=2), cos, sin).split(
-        (arch.num_heads, arch.num_kv_heads), dim=2
-    )  # one RoPE pass over q and k together: half the small ops of a decode step
+    qk = torch.cat((q, k), dim=2)  # one RoPE pass over q and k together
+    qk = apply_rope(qk, cos, sin) if rope is None else apply_signed_rope(qk, *rope)
+    q, k = qk.split((arch.num_heads, arch.num_kv_heads), dim=2)
     if keep is not None:
         q = q * keep  # zero after RoPE: drop what rotate-half moved into channel d−1
     return LayerQKV(q=q, k=k, v=v, logits=logits)
@@ -88,10 +152,10 @@ def project_layer(
 
 def finish_layer(layer: nn.Module, h: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
     """Residual + o_proj + gated MLP; attn_out [B, T, H_q·d] → new residual [B, T, hidden]."""
-    h = h + layer.self_attn.o_proj(attn_out)
-    return h + layer.mlp(layer.post_attention_layernorm(h))
+    h = h + linear(layer.self_attn.o_proj, attn_out)
+    return h + mlp(layer.mlp, rms_norm(layer.post_attention_layernorm, h))
 
 
 def lm_logits(hf_model: nn.Module, h: torch.Tensor) -> torch.Tensor:
     """Final norm + LM head: [..., hidden] → [..., vocab]."""
-    return hf_model.lm_head(hf_model.model.norm(h))
+    return linear(hf_model.lm_head, rms_norm(hf_model.model.norm, h))

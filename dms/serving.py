@@ -27,7 +27,13 @@ import torch
 from agentrt.dms.gating import hard_decisions
 from agentrt.dms.kv_pool import KEEP_FOREVER
 from agentrt.dms.masks import key_flags
-from agentrt.dms.projections import finish_layer, lm_logits, project_layer, rope_tables
+from agentrt.dms.projections import (
+    finish_layer,
+    lm_logits,
+    project_layer,
+    rope_tables,
+    signed_rope,
+)
 from agentrt.dms.session_cache import LayerPlan, SessionCache
 from agentrt.errors import BudgetError
 from agentrt.kernels import (
@@ -37,6 +43,13 @@ from agentrt.kernels import (
     num_sms,
     paged_decode_attention,
     write_kv_slots,
+)
+from agentrt.kernels.decode_rows import (
+    decode_attention_blocks,
+    kv_rows,
+    padding_mask,
+    rows_path,
+    write_kv_rows,
 )
 
 
@@ -127,11 +140,12 @@ def serve_step(
     )
     h = hf.model.embed_tokens(ids)  # [1, N, hidden]
     cos, sin = rope_tables(hf, h, positions[None])
+    rope = signed_rope(cos, sin)
     if decode_kernel and (window >= 1 or (not model.evicting and policy is None)):
-        h = _decode_layers(model, items, starts, window, h, cos, sin, positions, cu, policy)
+        h = _decode_layers(model, items, starts, window, h, rope, positions, cu, policy)
     else:
         h = _chunk_layers(
-            model, items, starts, lengths, window, h, cos, sin, positions, cu, policy, decode_kernel
+            model, items, starts, lengths, window, h, rope, positions, cu, policy, decode_kernel
         )
     for it, n in zip(items, lengths, strict=True):
         it.cache.next_pos += n
@@ -155,6 +169,12 @@ class DecodeMetadata:
     prev_expiry: list[torch.Tensor]  # per layer [M_l] int32 expiry if marked: start − 1 + w
     longest: list[int]  # per layer: the longest stream (split-K choice without a sync)
     slots: list  # per session: its DecodeSlots (host)
+    # every layer's owed flags at once: flat slots, rows of the [L·S·H_kv] decisions, expiry
+    owed_idx: torch.Tensor
+    owed_rows: torch.Tensor
+    owed_expiry: torch.Tensor
+    tables_host: np.ndarray  # [L, S, H_kv, max_blocks] int64, the host copy of `tables`
+    lens_host: np.ndarray  # [L, S, H_kv] int64, the host copy of `lens`
 
 
 def decode_metadata(
@@ -172,6 +192,10 @@ def decode_metadata(
     slot = np.stack([p.slot for p in plans], axis=1)  # [L, S, H]
     prev = np.stack([p.prev for p in plans], axis=1)  # [L, S, H]
     lens = np.stack([p.lens for p in plans], axis=1)  # [L, S, H]
+    # entries past a stream's blocks name its first block (never a block of another stream
+    # or one never allocated), so a whole-block gather reads only finite, zero-initialised K/V
+    owned = -(-lens // bs)  # ≥ 1: every stream holds the new token
+    tables = np.where(np.arange(width) < owned[..., None], tables, tables[..., :1])
     write = np.take_along_axis(tables, (slot // bs)[..., None], axis=3)[..., 0] * bs + slot % bs
     safe = np.maximum(prev, 0)
     prev_flat = np.take_along_axis(tables, (safe // bs)[..., None], axis=3)[..., 0] * bs + safe % bs
@@ -185,6 +209,8 @@ def decode_metadata(
         prev_rows.append(torch.from_numpy(rows).to(device))
         prev_idx.append(torch.from_numpy(prev_flat.reshape(L, -1)[layer, rows]).to(device))
         prev_expiry.append(torch.from_numpy(expiry.reshape(-1)[rows].astype(np.int32)).to(device))
+    owed = np.flatnonzero(valid)  # rows of the [L·S·H] decisions whose previous token is held
+    owed_expiry = np.broadcast_to(expiry.reshape(-1), valid.shape).reshape(-1)[owed]
     positions = np.repeat(np.asarray(starts, dtype=np.int32), H)
     return DecodeMetadata(
         tables=torch.from_numpy(tables.astype(np.int32)).to(device),
@@ -196,6 +222,11 @@ def decode_metadata(
         prev_expiry=prev_expiry,
         longest=lens.reshape(L, -1).max(axis=1).tolist(),
         slots=plans,
+        owed_idx=torch.from_numpy(prev_flat.reshape(-1)[owed]).to(device),
+        owed_rows=torch.from_numpy(owed).to(device),
+        owed_expiry=torch.from_numpy(owed_expiry.astype(np.int32)).to(device),
+        tables_host=tables,
+        lens_host=lens,
     )
 
 
@@ -211,20 +242,90 @@ def _layer_decisions(model, qkv, layer_idx: int, positions, policy) -> torch.Ten
     return dec
 
 
-def _decode_layers(model, items, starts, window, h, cos, sin, positions, cu, policy):
+class _RowsDecode:
+    """The CPU decode step's pool access for all layers, addressed once per step.
+
+    Before the forward: every new key's expiry (owed, so kept) and position for all layers
+    in one write each. Per layer: two indexed copies for K/V and one gather + SDPA. After
+    the last layer: every owed flag in one masked write. Used without a policy only (a
+    score-based policy moves slots between layers).
+    """
+
+    def __init__(self, pool, meta: DecodeMetadata, num_layers: int, dtype: torch.dtype) -> None:
+        self.pool, self.meta = pool, meta
+        flat = meta.write_idx.reshape(-1)
+        pool.expiry_flat[flat] = KEEP_FOREVER
+        pool.pos_flat[flat] = meta.write_pos.repeat(num_layers)
+        self.k_rows = kv_rows(meta.write_idx, pool.block_size)  # [L, S·H]
+        self.v_rows = self.k_rows + pool.block_size
+        bs = pool.block_size
+        self.blocks = [
+            torch.from_numpy(np.ascontiguousarray(meta.tables_host[layer, :, :, : -(-n // bs)]))
+            for layer, n in enumerate(meta.longest)
+        ]
+        # one additive padding mask for all layers; a layer whose streams all hold the same
+        # number of slots (a dense cache) needs none
+        lens = meta.lens_host.reshape(num_layers, -1)
+        self.padded = (lens.min(axis=1) < lens.max(axis=1)).tolist()
+        self.mask = None
+        if any(self.padded):
+            ct = torch.promote_types(dtype, torch.float32)  # attention's compute dtype
+            self.mask = padding_mask(meta.lens, max(meta.longest), ct)
+
+    def layer(self, layer_idx: int, q, k, v, scale: float) -> torch.Tensor:
+        """Write this layer's new K/V, then attend every held slot."""
+        n = k.shape[0] * k.shape[1]
+        write_kv_rows(
+            self.pool.kv,
+            self.k_rows[layer_idx],
+            self.v_rows[layer_idx],
+            k.reshape(n, -1),
+            v.reshape(n, -1),
+        )
+        longest = self.meta.longest[layer_idx]
+        padded = self.padded[layer_idx]
+        return decode_attention_blocks(
+            q,
+            self.pool.kv,
+            self.blocks[layer_idx],
+            self.meta.lens[layer_idx],
+            longest,
+            scale,
+            mask=self.mask[layer_idx, ..., :longest] if padded else None,
+            padded=padded,
+            guarded=False,  # own blocks only, zeroed when allocated; no stream is empty
+        )
+
+    def settle_flags(self, decisions: torch.Tensor) -> None:
+        """The owed flag of every layer's token start − 1 (decisions [L, S, H_kv])."""
+        meta = self.meta
+        if meta.owed_idx.numel():
+            marked = decisions.reshape(-1)[meta.owed_rows]
+            keep = torch.full_like(meta.owed_expiry, KEEP_FOREVER)
+            self.pool.expiry_flat[meta.owed_idx] = torch.where(marked, meta.owed_expiry, keep)
+
+
+def _decode_layers(model, items, starts, window, h, rope, positions, cu, policy):
     """All layers of a decode step: device-resident addressing, one host sync at the end."""
     arch, dms, hf, device = model.arch, model.dms, model.hf, model.device
     pool = items[0].cache.pool
     meta = decode_metadata(items, starts, window, device)
+    rows = None
+    if policy is None and rows_path(pool.kv):
+        rows = _RowsDecode(pool, meta, arch.num_layers, model.dtype)
     keep = torch.full_like(meta.write_pos, KEEP_FOREVER)  # new keys: their own flag is owed
     n_streams = len(items) * arch.num_kv_heads
     sms = num_sms(device) if device.type == "cuda" else 0
     decisions = []
     for layer_idx, layer in enumerate(hf.model.layers):
-        qkv = project_layer(layer, h, cos, sin, arch, dms)
+        qkv = project_layer(layer, h, None, None, arch, dms, rope)
         q, k, v = qkv.q[0], qkv.k[0], qkv.v[0]  # [S, H, d]
         dec = _layer_decisions(model, qkv, layer_idx, positions, policy)  # [S, H_kv]
         decisions.append(dec)
+        if rows is not None:
+            attn = rows.layer(layer_idx, q, k, v, layer.self_attn.scaling)
+            h = finish_layer(layer, h, attn.reshape(1, attn.shape[0], -1))
+            continue
         idx = meta.write_idx[layer_idx]
         write_kv_slots(
             pool.kv,
@@ -256,19 +357,22 @@ def _decode_layers(model, items, starts, window, h, cos, sin, positions, cu, pol
         if policy is not None:
             policy.after_layer(layer_idx, items, q, layer.self_attn.scaling, cu.tolist())
         h = finish_layer(layer, h, attn.reshape(1, attn.shape[0], -1))
-    settled = torch.stack(decisions).cpu().numpy()  # [L, S, H_kv]: the one sync of the step
+    stacked = torch.stack(decisions)  # [L, S, H_kv]
+    if rows is not None:
+        rows.settle_flags(stacked)
+    settled = stacked.cpu().numpy()  # the one sync of the step
     for i, (it, start) in enumerate(zip(items, starts, strict=True)):
         it.cache.settle_decode(start, meta.slots[i].prev, settled[:, i])
     return h
 
 
 def _chunk_layers(
-    model, items, starts, lengths, window, h, cos, sin, positions, cu, policy, decode_kernel
+    model, items, starts, lengths, window, h, rope, positions, cu, policy, decode_kernel
 ):
     """All layers of a step with prefill chunks: each layer's plan follows its decisions."""
     arch, dms, hf, device = model.arch, model.dms, model.hf, model.device
     for layer_idx, layer in enumerate(hf.model.layers):
-        qkv = project_layer(layer, h, cos, sin, arch, dms)
+        qkv = project_layer(layer, h, None, None, arch, dms, rope)
         q, k, v = qkv.q[0], qkv.k[0], qkv.v[0]  # [N, H, d]
         dec = _layer_decisions(model, qkv, layer_idx, positions, policy)  # [N, H_kv]
         old_lens = [list(it.cache.lens[layer_idx]) for it in items]  # what the kernel may read

@@ -85,7 +85,8 @@ def test_model_training_forward_tiled_equals_dense(window: int) -> None:
         loss = out.logits.square().mean() + out.decisions.mean()
         results.append((out.logits.detach(), torch.autograd.grad(loss, params)))
     (ld, gd), (lt, gt) = results
-    torch.testing.assert_close(lt, ld, atol=1e-5, rtol=1e-5)
+    # fp32, summation order differs (and the BLAS kernel may vary with alignment): ~1e-5 apart
+    torch.testing.assert_close(lt, ld, atol=5e-5, rtol=1e-4)
     assert any(g.abs().sum() > 0 for g in gd)
     for a, b in zip(gt, gd, strict=True):  # fp32: summation order differs, so scale-relative
         torch.testing.assert_close(a, b, atol=1e-4 * float(b.abs().max()), rtol=1e-3)

@@ -200,3 +200,37 @@ def test_unsupported_hf_model_is_refused(overrides: dict, needle: str) -> None:
     hf = tiny_hf("qwen3-qknorm", **overrides)
     with pytest.raises(ModelLoadError, match=needle):
         DMSModel(hf)
+
+
+def test_serving_shortcuts_equal_the_hf_modules() -> None:
+    """rms_norm / linear / mlp / signed RoPE give bit-identical results to what they replace."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaMLP, LlamaRMSNorm
+
+    from agentrt.dms.projections import (
+        apply_rope,
+        apply_signed_rope,
+        linear,
+        mlp,
+        rms_norm,
+        signed_rope,
+    )
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=64, intermediate_size=96)
+    norm, block = LlamaRMSNorm(64, eps=1e-5), LlamaMLP(cfg)
+    norm.weight.data.normal_()
+    proj = torch.nn.Linear(64, 32, bias=True)
+    x = torch.randn(2, 5, 64)
+    with torch.no_grad():
+        assert torch.equal(rms_norm(norm, x), norm(x))
+        assert torch.equal(linear(proj, x), proj(x))
+        assert torch.equal(mlp(block, x), block(x))
+        assert torch.equal(rms_norm(norm, x.double()), norm(x.double()))  # the module itself
+    cos, sin = torch.randn(2, 5, 16), torch.randn(2, 5, 16)
+    qk = torch.randn(2, 5, 6, 16)
+    assert torch.equal(apply_signed_rope(qk, *signed_rope(cos, sin)), apply_rope(qk, cos, sin))
+    hooked = torch.nn.Linear(64, 32)
+    hooked.register_forward_hook(lambda m, i, o: o * 2)
+    with torch.no_grad():
+        assert torch.equal(linear(hooked, x), hooked(x))  # a hook keeps the module call
