@@ -149,10 +149,22 @@ def serve_step(
         )
     for it, n in zip(items, lengths, strict=True):
         it.cache.next_pos += n
-    logits = lm_logits(hf, h)[0]  # [N, V]
-    out = []
-    for it, s, e in zip(items, cu[:-1].tolist(), cu[1:].tolist(), strict=True):
-        out.append(logits[s:e] if it.all_logits else logits[e - 1])
+    # the LM head only over the rows asked for: a prefill chunk wants its last token's
+    # logits, and [N, V] for all N would cost as much as a few layers
+    spans = [
+        (s, e) if it.all_logits else (e - 1, e)
+        for it, s, e in zip(items, cu[:-1].tolist(), cu[1:].tolist(), strict=True)
+    ]
+    if sum(e - s for s, e in spans) == h.shape[1]:  # every row (decode, or all_logits)
+        wanted = h[0]
+    else:
+        rows = [r for s, e in spans for r in range(s, e)]
+        wanted = h[0].index_select(0, torch.tensor(rows, device=device))
+    logits = lm_logits(hf, wanted)  # [rows, V]
+    out, offset = [], 0
+    for it, (s, e) in zip(items, spans, strict=True):
+        out.append(logits[offset : offset + e - s] if it.all_logits else logits[offset])
+        offset += e - s
     return out
 
 

@@ -42,6 +42,9 @@ def dms_prefill_attention_sdpa(
     out = torch.zeros_like(q)
     bounds = cu_seqlens.tolist()
     lens = cache_lens.tolist()
+    # a key that is visible at its own position keeps every query's row non-empty (the
+    # serving step's keys always are: expiry ≥ position); else rows seeing nothing get zeros
+    self_visible = bool((k_expiry.long() >= positions.long()[:, None]).all())
     for b in range(len(bounds) - 1):
         start, end = int(bounds[b]), int(bounds[b + 1])
         if end == start:
@@ -70,6 +73,8 @@ def dms_prefill_attention_sdpa(
                     attn_mask=visible[None, None],
                     scale=scale,
                 )[0].transpose(0, 1)  # [m, g, D]
-                seen = visible.any(dim=1)[:, None, None]  # rows with nothing visible -> 0
-                out[c0:c1, heads] = torch.where(seen, o, 0.0).to(q.dtype)
+                if not self_visible:
+                    seen = visible.any(dim=1)[:, None, None]  # rows with nothing visible -> 0
+                    o = torch.where(seen, o, 0.0)
+                out[c0:c1, heads] = o.to(q.dtype)
     return out

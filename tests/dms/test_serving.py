@@ -203,3 +203,20 @@ def test_budget_error_changes_nothing():
     out = run_chunks(model, cache, ids[8:12], [4])  # still fits: 12 tokens
     ref, _ = _reference(model, ids[:12])
     torch.testing.assert_close(out, ref[8:12], atol=1e-5, rtol=1e-5)
+
+
+def test_the_lm_head_runs_over_the_rows_asked_for_only() -> None:
+    """A prefill chunk's last-token logits equal the LM head applied to its last row alone."""
+    model = tiny_model(window=2)
+    pool = model.make_pool(num_blocks=64, block_size=4)
+    ids = torch.arange(3, 23)
+    a, b = model.new_cache(pool), model.new_cache(pool)
+    calls: list[int] = []
+    hook = model.hf.lm_head.register_forward_pre_hook(lambda m, inp: calls.append(inp[0].shape[0]))
+    try:
+        last, every = model.step([StepItem(a, ids[:12]), StepItem(b, ids[:12], all_logits=True)])
+    finally:
+        hook.remove()
+    assert calls == [13]  # 1 row for the first session, 12 for the second
+    assert every.shape == (12, model.vocab_size) and last.shape == (model.vocab_size,)
+    torch.testing.assert_close(last, every[-1], atol=1e-5, rtol=1e-5)
