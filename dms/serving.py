@@ -486,13 +486,13 @@ def _apply_writes(pool, plans: list[LayerPlan], k, v, cu) -> None:
     device = pool.kv.device
     rows, heads, slots, expiry, pos = [], [], [], [], []
     for p, base in zip(plans, cu[:-1].tolist(), strict=True):
-        rows.extend(base + t for t in p.write_tokens)
+        rows.append(np.asarray(p.write_tokens, dtype=np.int64) + base)  # chunk → packed row
         heads.extend(p.write_heads)
         slots.extend(p.write_slots)
         expiry.extend(p.write_expiry)
         pos.extend(p.write_pos)
     if slots:
-        r = torch.tensor(rows, device=device)
+        r = torch.from_numpy(np.concatenate(rows)).to(device)
         hd = torch.tensor(heads, device=device)
         idx = torch.tensor(slots, dtype=torch.int64, device=device)
         write_kv_slots(
