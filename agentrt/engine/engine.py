@@ -149,7 +149,9 @@ class Engine:
         """Load a model (known name, folder or hub id; plain or DMS) and build an engine around it.
 
         `model=None` serves the default: `AGENTRT_MODEL`, else `smollm2-135m-instruct`
-        (prepared on first use, docs/MODELS.md); `dms="off"` serves it dense.
+        (prepared on first use, docs/MODELS.md); `dms="off"` serves it dense. While the
+        weights load, the session catalog's modules are imported on a thread, so a first
+        resume or save does not wait for them.
         """
         from agentrt.dms.kv_dtype import resolve_kv_dtype
         from agentrt.engine.limits import check_kv_budget
