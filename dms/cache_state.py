@@ -94,7 +94,9 @@ def unpack_state(
     try:
         for layer in range(layers):
             for h in range(heads):
-                cache.blocks[layer][h] = pool.allocate(spec.blocks_for_slots(lens[layer][h]))
+                # copy_layer_in writes every slot of these blocks (tails: zero K/V, UNUSED)
+                n = spec.blocks_for_slots(lens[layer][h])
+                cache.blocks[layer][h] = pool.allocate(n, fill=False)
             copy_layer_in(pool, cache.blocks[layer], lens[layer], state, layer)
             cache.lens[layer] = list(lens[layer])
     except BaseException:

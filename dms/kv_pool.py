@@ -116,10 +116,12 @@ class KVPool:
         """Whether `allocate(n)` would succeed now."""
         return 0 <= n <= len(self._free)
 
-    def allocate(self, n: int) -> list[int]:
+    def allocate(self, n: int, *, fill: bool = True) -> list[int]:
         """Take `n` blocks (refcount 1, metadata reset to UNUSED, K/V zeroed); all or nothing,
         else BudgetError. Zeroed K/V keep every slot of a held block finite, so a gather that
-        reads a block whole (the CPU decode path) never meets NaN garbage in its padding."""
+        reads a block whole (the CPU decode path) never meets NaN garbage in its padding.
+        `fill=False` skips the resets for a caller that writes every slot of the blocks (K,
+        V, positions and expiry) before anything reads them."""
         assert n >= 0, f"allocate(n={n}): n must be >= 0"
         free = len(self._free)
         if n > free:
@@ -133,7 +135,7 @@ class KVPool:
         blocks = [self._free.pop() for _ in range(n)]
         for block in blocks:
             self._refcount[block] = 1
-        if blocks:
+        if blocks and fill:
             index = torch.tensor(blocks, dtype=torch.long).to(self.device)
             self.slot_expiry.index_fill_(0, index, UNUSED)
             self.slot_pos.index_fill_(0, index, UNUSED)
@@ -184,7 +186,7 @@ class KVPool:
         assert held > 0, f"copy_on_write of free block {block} (refcount 0)"
         if held == 1:
             return block
-        (new,) = self.allocate(1)
+        (new,) = self.allocate(1, fill=False)  # the copy writes every row of it
         self._copy_block(block, new)
         self._refcount[block] -= 1
         return new
