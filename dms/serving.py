@@ -272,7 +272,9 @@ class _RowsDecode:
         self.v_rows = self.k_rows + pool.block_size
         bs = pool.block_size
         self.blocks = [
-            torch.from_numpy(np.ascontiguousarray(meta.tables_host[layer, :, :, : -(-n // bs)]))
+            torch.from_numpy(np.ascontiguousarray(meta.tables_host[layer, :, :, : -(-n // bs)])).to(
+                pool.kv.device
+            )
             for layer, n in enumerate(meta.longest)
         ]
         # one additive padding mask for all layers; a layer whose streams all hold the same
