@@ -176,15 +176,15 @@ class DecodeMetadata:
     lens: torch.Tensor  # [L, S, H_kv] int32 slots held (after the writes)
     write_idx: torch.Tensor  # [L, S·H_kv] int64 flat pool slot of each new key
     write_pos: torch.Tensor  # [S·H_kv] int32 absolute position of each new key
-    prev_idx: list[torch.Tensor]  # per layer [M_l] int64 flat slots of tokens start − 1
-    prev_rows: list[torch.Tensor]  # per layer [M_l] int64 row of each in the [S·H_kv] decisions
-    prev_expiry: list[torch.Tensor]  # per layer [M_l] int32 expiry if marked: start − 1 + w
     longest: list[int]  # per layer: the longest stream (split-K choice without a sync)
     slots: list  # per session: its DecodeSlots (host)
-    # every layer's owed flags at once: flat slots, rows of the [L·S·H_kv] decisions, expiry
-    owed_idx: torch.Tensor
-    owed_rows: torch.Tensor
-    owed_expiry: torch.Tensor
+    # the owed flags of tokens start − 1 (where held), layer by layer: entries
+    # owed_bounds[l]:owed_bounds[l + 1] belong to layer l
+    owed_idx: torch.Tensor  # [M] int64 flat pool slot of each
+    owed_rows: torch.Tensor  # [M] int64 its row in the [L·S·H_kv] decisions of the step
+    owed_layer_rows: torch.Tensor  # [M] int64 its row in its layer's [S·H_kv] decisions
+    owed_expiry: torch.Tensor  # [M] int32 expiry if marked: start − 1 + w
+    owed_bounds: list[int]  # [L + 1] offsets of each layer's entries
     tables_host: np.ndarray  # [L, S, H_kv, max_blocks] int64, the host copy of `tables`
     lens_host: np.ndarray  # [L, S, H_kv] int64, the host copy of `lens`
 
@@ -215,28 +215,22 @@ def decode_metadata(
         np.asarray(starts, dtype=np.int64)[:, None] - 1 + window, (len(items), H)
     )
     valid = prev.reshape(L, -1) >= 0  # [L, S·H]
-    prev_idx, prev_rows, prev_expiry = [], [], []
-    for layer in range(L):
-        rows = np.nonzero(valid[layer])[0]
-        prev_rows.append(torch.from_numpy(rows).to(device))
-        prev_idx.append(torch.from_numpy(prev_flat.reshape(L, -1)[layer, rows]).to(device))
-        prev_expiry.append(torch.from_numpy(expiry.reshape(-1)[rows].astype(np.int32)).to(device))
     owed = np.flatnonzero(valid)  # rows of the [L·S·H] decisions whose previous token is held
     owed_expiry = np.broadcast_to(expiry.reshape(-1), valid.shape).reshape(-1)[owed]
+    n = valid.shape[1]
     positions = np.repeat(np.asarray(starts, dtype=np.int32), H)
     return DecodeMetadata(
         tables=torch.from_numpy(tables.astype(np.int32)).to(device),
         lens=torch.from_numpy(lens.astype(np.int32)).to(device),
         write_idx=torch.from_numpy(write.reshape(L, -1)).to(device),
         write_pos=torch.from_numpy(positions).to(device),
-        prev_idx=prev_idx,
-        prev_rows=prev_rows,
-        prev_expiry=prev_expiry,
         longest=lens.reshape(L, -1).max(axis=1).tolist(),
         slots=plans,
         owed_idx=torch.from_numpy(prev_flat.reshape(-1)[owed]).to(device),
         owed_rows=torch.from_numpy(owed).to(device),
+        owed_layer_rows=torch.from_numpy(owed % n).to(device),
         owed_expiry=torch.from_numpy(owed_expiry.astype(np.int32)).to(device),
+        owed_bounds=np.searchsorted(owed, np.arange(L + 1) * n).tolist(),
         tables_host=tables,
         lens_host=lens,
     )
@@ -350,11 +344,11 @@ def _decode_layers(model, items, starts, window, h, rope, positions, cu, policy)
             keep,
         )
         pool.pos_flat[idx] = meta.write_pos
-        prev = meta.prev_idx[layer_idx]
-        if prev.numel():  # the owed flag of token start − 1, as a masked write
-            marked = dec.reshape(-1)[meta.prev_rows[layer_idx]]
-            expiry = meta.prev_expiry[layer_idx]
-            pool.expiry_flat[prev] = torch.where(
+        a, b = meta.owed_bounds[layer_idx], meta.owed_bounds[layer_idx + 1]
+        if b > a:  # the owed flag of token start − 1, as a masked write
+            marked = dec.reshape(-1)[meta.owed_layer_rows[a:b]]
+            expiry = meta.owed_expiry[a:b]
+            pool.expiry_flat[meta.owed_idx[a:b]] = torch.where(
                 marked, expiry, torch.full_like(expiry, KEEP_FOREVER)
             )
         splits = None
