@@ -81,7 +81,7 @@ def decode_attention_blocks(
     if guarded and bool(torch.isnan(out).any()):
         # Padding slots may hold garbage (never-written pool memory can be NaN, and a masked
         # NaN still poisons the row) or a stream is empty: clear the padding and redo.
-        valid = torch.arange(longest, device=q.device) < cache_lens[..., None].long()
+        valid = held_slots(cache_lens, longest)
         k = k.masked_fill(~valid[..., None], 0.0)
         v = v.masked_fill(~valid[..., None], 0.0)
         out = F.scaled_dot_product_attention(qg, k, v, attn_mask=valid[:, :, None, :], scale=scale)
@@ -92,6 +92,11 @@ def decode_attention_blocks(
 def padding_mask(cache_lens: torch.Tensor, longest: int, dtype: torch.dtype) -> torch.Tensor:
     """Additive mask [..., 1, longest]: 0 for the slots each stream holds, -inf past them
     (`cache_lens` [...]); what SDPA makes of a boolean mask, built once for many layers."""
-    held = torch.arange(longest, device=cache_lens.device) < cache_lens[..., None].long()
+    held = held_slots(cache_lens, longest)
     bias = torch.zeros(held.shape, dtype=dtype, device=cache_lens.device)
     return bias.masked_fill_(~held, float("-inf")).unsqueeze(-2)
+
+
+def held_slots(cache_lens: torch.Tensor, longest: int) -> torch.Tensor:
+    """[..., longest] bool: slot i of each stream is held (i < its length in `cache_lens`)."""
+    return torch.arange(longest, device=cache_lens.device) < cache_lens[..., None].long()

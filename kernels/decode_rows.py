@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from agentrt.kernels._kv_slots_torch import kv_rows, write_kv_rows
 from agentrt.kernels._paged_decode_sdpa import decode_attention_blocks, padding_mask
 from agentrt.kernels.dispatch import backend_for, torch_path
 
@@ -23,25 +24,6 @@ def rows_path(kv_pool: torch.Tensor) -> bool:
         and torch_path() == "sdpa"
         and kv_pool.is_contiguous()
     )
-
-
-def kv_rows(slot_mapping: torch.Tensor, block_size: int) -> torch.Tensor:
-    """Row of each flat slot's K in the pool viewed as [rows, D] (its V is block_size further)."""
-    return slot_mapping + torch.div(slot_mapping, block_size, rounding_mode="floor") * block_size
-
-
-def write_kv_rows(
-    kv_pool: torch.Tensor,
-    k_rows: torch.Tensor,
-    v_rows: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-) -> None:
-    """Write k, v [N, D] (cast to the pool dtype) at rows k_rows, v_rows [N] int64 of the
-    pool viewed as [rows, D] (`kv_rows(slots)` and that + block_size)."""
-    rows = kv_pool.view(-1, kv_pool.shape[3])
-    rows.index_copy_(0, k_rows, k.to(kv_pool.dtype))
-    rows.index_copy_(0, v_rows, v.to(kv_pool.dtype))
 
 
 __all__ = ["decode_attention_blocks", "kv_rows", "padding_mask", "rows_path", "write_kv_rows"]
