@@ -12,6 +12,7 @@ from agentrt.dms.adapters import attach_adapters, has_adapters
 from agentrt.dms.architecture import ArchSpec, arch_spec
 from agentrt.dms.cache_spec import CacheSpec
 from agentrt.dms.config import DMSConfig
+from agentrt.dms.cpu_layout import prepare_cpu_linears
 from agentrt.dms.dense_forward import (
     ReferenceOutput,
     TrainOutput,
@@ -161,6 +162,10 @@ class DMSModel(nn.Module):
         """An empty session cache in `pool` (window: w of the eviction rule, default the model's)."""
         w = self.window if window is None else window
         return SessionCache(pool, self.arch.num_layers, self.arch.num_kv_heads, w)
+
+    def prepare_for_serving(self) -> None:
+        """Lay the weights out for the serving step on their device (`prepare_cpu_linears`)."""
+        prepare_cpu_linears(self.hf)
 
     def step(
         self,

@@ -10,6 +10,8 @@ from torch import nn
 
 from agentrt.dms.architecture import ArchSpec
 from agentrt.dms.config import DMSConfig
+from agentrt.dms.cpu_layout import PATH_ATTR
+from agentrt.kernels.cpu_linear import cpu_linear
 
 
 @dataclass
@@ -53,8 +55,12 @@ def rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def linear(proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """`proj(x)`; a plain `nn.Linear` outside autograd is applied without the module call
-    (a decode step makes ~8 of these per layer; a LoRA-wrapped projection stays a call)."""
+    (a decode step makes ~8 of these per layer; a LoRA-wrapped projection stays a call),
+    through the CPU routine `agentrt.dms.cpu_layout` marked it with, if any."""
     if type(proj) is nn.Linear and not torch.is_grad_enabled() and _plain(proj):
+        path = proj.__dict__.get(PATH_ATTR)
+        if path is not None:
+            return cpu_linear(x, proj.weight, proj.bias, path)
         return F.linear(x, proj.weight, proj.bias)
     return proj(x)
 

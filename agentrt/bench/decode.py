@@ -85,7 +85,7 @@ def run_decode(
         variants["agentrt dense"] = EngineDecoder(models.dense, n, context, kv_budget, kv_dtype)
         if hf:
             rows_ids = [text_ids(models.dense, context, offset=997 * i) for i in range(n)]
-            variants["HF generate"] = HFDecoder(models.dense, rows_ids)
+            variants["HF generate"] = HFDecoder(models.baseline, rows_ids)
         cases = [Case(name, lambda v=v: v.step(steps)) for name, v in variants.items()]
         samples = interleaved(
             cases,

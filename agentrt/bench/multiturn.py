@@ -113,8 +113,8 @@ def run_multiturn(
     agent = AgentrtTurns(models.served, kv_budget, kv_dtype)
     variants: dict[str, Any] = {
         "agentrt session": agent,
-        "re-send history": HFTurns(models.dense, keep_cache=False),
-        "HF dense cache kept": HFTurns(models.dense, keep_cache=True),
+        "re-send history": HFTurns(models.baseline, keep_cache=False),
+        "HF dense cache kept": HFTurns(models.baseline, keep_cache=True),
     }
     samples: dict[str, list[Sample]] = {name: [] for name in variants}
     try:

@@ -59,7 +59,7 @@ def run_prefill(
         for n in lengths:
             ids = text_ids(models.dense, n)
             cases = [Case(name, lambda e=e, x=ids: e.run(x)) for name, e in engines.items()]
-            cases.append(Case("HF forward", lambda x=ids: hf_forward(models.dense, x)))
+            cases.append(Case("HF forward", lambda x=ids: hf_forward(models.baseline, x)))
             samples = interleaved(
                 cases,
                 repeats=repeats,

@@ -17,6 +17,7 @@ import torch
 from agentrt.bench.decode import EngineDecoder
 from agentrt.bench.method import Case, interleaved, paired_ratio, summarize
 from agentrt.bench.workload import HFDecoder, text_ids
+from agentrt.bench.workload import hf_baseline as untouched_copy
 
 
 def _flat(summary: dict[str, Any]) -> dict[str, Any]:
@@ -43,11 +44,14 @@ def run_throughput_bench(
 ) -> dict:
     """Measure engine vs HF decode tokens/s for each concurrency level; JSON-able result."""
     rows = []
+    baseline = untouched_copy(model) if hf_baseline else None
     for c in concurrency:
         eng = EngineDecoder(model, c, prompt_len, kv_budget)
         cases = [Case("engine", lambda e=eng: e.step(new_tokens))]
         if hf_baseline:
-            hf = HFDecoder(model, [text_ids(model, prompt_len, offset=997 * i) for i in range(c)])
+            hf = HFDecoder(
+                baseline, [text_ids(model, prompt_len, offset=997 * i) for i in range(c)]
+            )
             cases.append(Case("hf_generate", lambda h=hf: h.step(new_tokens)))
         samples = interleaved(cases, repeats=repeats, warmup=warmup)
         row: dict[str, Any] = {"concurrency": c}

@@ -27,10 +27,15 @@ class BenchModels:
     """The compared models: `dms` (adapters or the model's own DMS) and `dense` (eviction off)."""
 
     dms: Any  # DMSModel serving DMS (None when the model has no DMS to serve)
-    dense: Any  # DMSModel with eviction disabled; its `.hf` is the HF baseline
+    dense: Any  # DMSModel with eviction disabled, served by the "agentrt dense" engines
     label: str  # what the DMS side is, for tables ("adapters: <path>", "model's own DMS")
     path: str | None = None  # the model folder, for suites that load it again in a new process
     adapters: Path | None = None  # the adapter folder the DMS side was loaded with, if any
+    baseline: Any = None  # `hf_baseline(dense)`: the HF side, weights as HF loads them
+
+    def __post_init__(self) -> None:
+        if self.baseline is None:
+            self.baseline = hf_baseline(self.dense)
 
     @property
     def served(self) -> Any:
@@ -68,6 +73,21 @@ def load_models(
     if dms.dms is None or dms.dms.disable_eviction:
         return BenchModels(None, dense, "none (model has no DMS)", resolved.path)
     return BenchModels(dms, dense, "model's own DMS", resolved.path, resolved.adapters)
+
+
+def hf_baseline(model: Any) -> Any:
+    """A copy of `model` whose `.hf` is laid out as `from_pretrained` leaves it: the HF side.
+
+    An engine lays the weights of the model it serves out for its own step
+    (`agentrt.dms.cpu_layout`), which plain HF modules would profit from as well; the
+    baselines run on this untouched copy instead, as an HF user's model would.
+    """
+    from agentrt.dms.cpu_layout import undo_cpu_linears
+
+    tokenizer = getattr(model, "tokenizer", None)
+    twin = copy.deepcopy(model, memo={id(tokenizer): tokenizer})  # the tokenizer is shared
+    undo_cpu_linears(twin.hf)
+    return twin
 
 
 def text_ids(model: Any, n: int, *, offset: int = 0) -> list[int]:

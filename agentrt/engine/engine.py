@@ -86,6 +86,7 @@ class Engine:
 
         self.model = model
         self.tokenizer = model.tokenizer
+        model.prepare_for_serving()
         if num_blocks is None:
             check_kv_budget(kv_budget, model.device)
         storage = kv_dtype if kv_dtype is not None else kv_dtype_setting()

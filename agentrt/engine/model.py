@@ -59,6 +59,10 @@ class ServingModel(Protocol):
         """An empty session cache in `pool`."""
         ...
 
+    def prepare_for_serving(self) -> None:
+        """Lay the weights out for the serving step (called once by each engine, idempotent)."""
+        ...
+
     def step(
         self, batch: list[StepItem], *, policy: CachePolicy | None = None
     ) -> list[torch.Tensor]:
