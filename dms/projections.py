@@ -10,7 +10,7 @@ from torch import nn
 
 from agentrt.dms.architecture import ArchSpec
 from agentrt.dms.config import DMSConfig
-from agentrt.dms.cpu_layout import PATH_ATTR
+from agentrt.dms.cpu_layout import cpu_path
 from agentrt.kernels.cpu_linear import cpu_linear
 
 
@@ -58,7 +58,7 @@ def linear(proj: nn.Module, x: torch.Tensor) -> torch.Tensor:
     (a decode step makes ~8 of these per layer; a LoRA-wrapped projection stays a call),
     through the CPU routine `agentrt.dms.cpu_layout` marked it with, if any."""
     if type(proj) is nn.Linear and not torch.is_grad_enabled() and _plain(proj):
-        path = proj.__dict__.get(PATH_ATTR)
+        path = cpu_path(proj)
         if path is not None:
             return cpu_linear(x, proj.weight, proj.bias, path)
         return F.linear(x, proj.weight, proj.bias)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -31,11 +32,12 @@ class BenchModels:
     label: str  # what the DMS side is, for tables ("adapters: <path>", "model's own DMS")
     path: str | None = None  # the model folder, for suites that load it again in a new process
     adapters: Path | None = None  # the adapter folder the DMS side was loaded with, if any
-    baseline: Any = None  # `hf_baseline(dense)`: the HF side, weights as HF loads them
 
-    def __post_init__(self) -> None:
-        if self.baseline is None:
-            self.baseline = hf_baseline(self.dense)
+    @functools.cached_property
+    def baseline(self) -> Any:
+        """`hf_baseline(dense)`: the HF side, weights as HF loads them (copied on first use,
+        so suites without an HF side never pay for the copy)."""
+        return hf_baseline(self.dense)
 
     @property
     def served(self) -> Any:
