@@ -81,3 +81,20 @@ def test_save_after_prepare_round_trips(tmp_path) -> None:
     back = AutoModelForCausalLM.from_pretrained(tmp_path)
     for name, value in back.state_dict().items():
         assert torch.equal(value, hf.state_dict()[name]), name
+
+
+def test_hf_baseline_is_an_untouched_copy() -> None:
+    """The benchmarks' HF side: same values as the served model, row-major, unmarked,
+    while the served model keeps its layout."""
+    from agentrt.bench.workload import hf_baseline
+
+    model = tiny_model(arch="llama")
+    model.prepare_for_serving()
+    twin = hf_baseline(model)
+    assert twin.hf is not model.hf and twin.tokenizer is model.tokenizer
+    assert _column_major(model.hf.model.layers[0].mlp.gate_proj.weight)
+    assert all(p.is_contiguous() for p in twin.hf.parameters())
+    assert all(cpu_path(m) is None for m in twin.hf.modules())
+    served = model.hf.state_dict()
+    for name, value in twin.hf.state_dict().items():
+        assert torch.equal(value, served[name]), name
